@@ -1,0 +1,1 @@
+"""Sample Celery application: tasks, their configuration and an HTTP API."""

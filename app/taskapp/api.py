@@ -1,0 +1,210 @@
+"""HTTP API of the sample app: submit tasks and read their results.
+
+POST /tasks        {"task": name, "args": [...], "kwargs": {...},
+                    "countdown": seconds, "priority": 0-9, "queue": name}
+                   -> 202 {"id": ...}
+GET  /tasks/<id>   -> 200 {"id", "state", "result"}
+GET  /healthz      -> 200 {"status": "ok", "broker": ...}
+
+Bad input gets a 4xx with a message; an unreachable broker or result store
+gets a 503 within a few seconds, never a hang nor a 500.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from typing import Any, Callable
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from taskapp import tasks
+from taskapp.app import PRIORITY_MAX, PRIORITY_MIN, broker_priority
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_NUMBER = 1e15
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,155}$")
+SUBMIT_KEYS = {"task", "args", "kwargs", "countdown", "priority", "queue"}
+UNAVAILABLE_ERRORS = (
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+class BadRequest(ValueError):
+    """The request is well-formed HTTP but its content is wrong."""
+
+
+def _number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{name} must be a number")
+    if not math.isfinite(value) or abs(value) > MAX_NUMBER:
+        raise BadRequest(f"{name} must be a finite number below {MAX_NUMBER:g} in size")
+
+
+def _check_add(arguments: dict[str, Any]) -> None:
+    _number("x", arguments["x"])
+    _number("y", arguments["y"])
+
+
+def _check_email(arguments: dict[str, Any]) -> None:
+    email = arguments["email"]
+    if not isinstance(email, str) or len(email) > 254 or not tasks.EMAIL_PATTERN.match(email):
+        raise BadRequest("email must be an email address of at most 254 characters")
+
+
+def _check_process(arguments: dict[str, Any]) -> None:
+    data = arguments["data"]
+    if not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object")
+    seconds = data.get("seconds", 0)
+    _number("data.seconds", seconds)
+    if not 0 <= seconds <= tasks.MAX_PROCESS_SECONDS:
+        raise BadRequest(f"data.seconds must be between 0 and {tasks.MAX_PROCESS_SECONDS}")
+
+
+def _check_nothing(arguments: dict[str, Any]) -> None:
+    del arguments
+
+
+# Tasks the API accepts, each with the check of its arguments.
+SUBMITTABLE: dict[str, tuple[Any, Callable[[dict[str, Any]], None]]] = {
+    "add": (tasks.add, _check_add),
+    "send_welcome_email": (tasks.send_welcome_email, _check_email),
+    "process_task": (tasks.process_task, _check_process),
+    "poison": (tasks.poison, _check_nothing),
+}
+
+
+def _bind_arguments(task: Any, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    signature = inspect.signature(task.run)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise BadRequest(f"wrong arguments for {task.name}{signature}: {exc}") from exc
+    return dict(bound.arguments)
+
+
+def validate_submission(body: Any, queue_names: list[str], max_countdown: int) -> dict[str, Any]:
+    """Check a POST /tasks body; return the task and its apply_async options."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - SUBMIT_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(unknown)}; allowed: {', '.join(sorted(SUBMIT_KEYS))}")
+    name = body.get("task")
+    if not isinstance(name, str) or name not in SUBMITTABLE:
+        raise BadRequest(f"task must be one of: {', '.join(sorted(SUBMITTABLE))}")
+    args = body.get("args", [])
+    kwargs = body.get("kwargs", {})
+    if not isinstance(args, list):
+        raise BadRequest("args must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise BadRequest("kwargs must be a JSON object")
+    task, check = SUBMITTABLE[name]
+    check(_bind_arguments(task, args, kwargs))
+    options: dict[str, Any] = {}
+    if "countdown" in body:
+        countdown = body["countdown"]
+        _number("countdown", countdown)
+        if not 0 <= countdown <= max_countdown:
+            raise BadRequest(f"countdown must be between 0 and {max_countdown} seconds")
+        options["countdown"] = countdown
+    if "priority" in body:
+        priority = body["priority"]
+        if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise BadRequest(f"priority must be an integer between {PRIORITY_MIN} and {PRIORITY_MAX}")
+        options["priority"] = priority
+    if "queue" in body:
+        queue = body["queue"]
+        if queue not in queue_names:
+            raise BadRequest(f"queue must be one of: {', '.join(queue_names)}")
+        options["queue"] = queue
+    return {"task": task, "args": args, "kwargs": kwargs, "options": options}
+
+
+def create_api(celery_app: Celery) -> Flask:
+    """The Flask app, publishing through the given Celery app."""
+    api = Flask(__name__)
+    api.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    settings = celery_app.conf.taskapp
+    # The API never blocks on a result: GET /tasks/<id> reads it. Celery's
+    # Redis result backend would otherwise subscribe to every submitted id,
+    # growing without bound in a long-lived producer and blocking submissions
+    # for many seconds while Redis is unreachable.
+    celery_app.backend.on_task_call = lambda producer, task_id: None
+    queue_names = [queue["name"] for queue in settings["queues"]]
+
+    def error(status: int, message: str) -> tuple[Any, int]:
+        return jsonify({"error": message}), status
+
+    @api.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Any, int]:
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @api.errorhandler(BadRequest)
+    def bad_request(exc: BadRequest) -> tuple[Any, int]:
+        return error(400, str(exc))
+
+    def unavailable(exc: Exception) -> tuple[Any, int]:
+        api.logger.warning("backend unavailable: %s", exc)
+        return error(503, f"the broker or result store is unreachable, try again later ({exc.__class__.__name__})")
+
+    for exc_class in UNAVAILABLE_ERRORS:
+        api.register_error_handler(exc_class, unavailable)
+
+    @api.post("/tasks")
+    def submit() -> tuple[Any, int]:
+        if not request.is_json:
+            raise BadRequest("send a JSON body with Content-Type: application/json")
+        body = request.get_json(silent=True)
+        if body is None:
+            raise BadRequest("the body is not valid JSON")
+        submission = validate_submission(body, queue_names, settings["max_countdown"])
+        options = dict(submission["options"])
+        if "priority" in options:
+            options["priority"] = broker_priority(options["priority"], settings["broker"])
+        result = submission["task"].apply_async(
+            submission["args"],
+            submission["kwargs"],
+            retry=True,
+            retry_policy=celery_app.conf.task_publish_retry_policy,
+            **options,
+        )
+        return jsonify({"id": result.id}), 202
+
+    @api.get("/tasks/<task_id>")
+    def status(task_id: str) -> tuple[Any, int]:
+        if not TASK_ID_PATTERN.match(task_id):
+            raise BadRequest("not a task id")
+        result = celery_app.AsyncResult(task_id)
+        state = result.state
+        if state == "SUCCESS":
+            value = result.result
+        elif state in ("FAILURE", "RETRY"):
+            value = {"error": repr(result.result)}
+        else:
+            value = None
+        return jsonify({"id": task_id, "state": state, "result": value}), 200
+
+    @api.get("/healthz")
+    def healthz() -> tuple[Any, int]:
+        return jsonify({"status": "ok", "broker": settings["broker"]}), 200
+
+    return api
+
+
+def _default_api() -> Flask:
+    from taskapp.app import app as celery_app
+
+    return create_api(celery_app)
+
+
+app = _default_api()
