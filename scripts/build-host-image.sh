@@ -71,7 +71,8 @@ for unit in getty.target console-getty.service systemd-udevd.service \
 done
 echo "$suite-celery-kit-host" >"$rootfs/etc/hostname"
 : >"$rootfs/etc/machine-id"
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+# Package lists stay: the roles refresh them when they are older than an hour.
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb
 
 tar -C "$rootfs" --numeric-owner -c . |
   docker import \

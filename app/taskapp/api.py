@@ -75,11 +75,11 @@ def _check_nothing(arguments: dict[str, Any]) -> None:
 
 
 # Tasks the API accepts, each with the check of its arguments.
-SUBMITTABLE: dict[str, tuple[Any, Callable[[dict[str, Any]], None]]] = {
-    "add": (tasks.add, _check_add),
-    "send_welcome_email": (tasks.send_welcome_email, _check_email),
-    "process_task": (tasks.process_task, _check_process),
-    "poison": (tasks.poison, _check_nothing),
+SUBMITTABLE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "add": _check_add,
+    "send_welcome_email": _check_email,
+    "process_task": _check_process,
+    "poison": _check_nothing,
 }
 
 
@@ -92,7 +92,7 @@ def _bind_arguments(task: Any, args: list[Any], kwargs: dict[str, Any]) -> dict[
     return dict(bound.arguments)
 
 
-def validate_submission(body: Any, queue_names: list[str], max_countdown: int) -> dict[str, Any]:
+def validate_submission(celery_app: Celery, body: Any, queue_names: list[str], max_countdown: int) -> dict[str, Any]:
     """Check a POST /tasks body; return the task and its apply_async options."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -108,8 +108,10 @@ def validate_submission(body: Any, queue_names: list[str], max_countdown: int) -
         raise BadRequest("args must be a JSON array")
     if not isinstance(kwargs, dict):
         raise BadRequest("kwargs must be a JSON object")
-    task, check = SUBMITTABLE[name]
-    check(_bind_arguments(task, args, kwargs))
+    # Looked up in the app, not imported: a task proxy resolves to Celery's
+    # current app, which is per thread, and gunicorn serves from threads.
+    task = celery_app.tasks[name]
+    SUBMITTABLE[name](_bind_arguments(task, args, kwargs))
     options: dict[str, Any] = {}
     if "countdown" in body:
         countdown = body["countdown"]
@@ -167,7 +169,7 @@ def create_api(celery_app: Celery) -> Flask:
         body = request.get_json(silent=True)
         if body is None:
             raise BadRequest("the body is not valid JSON")
-        submission = validate_submission(body, queue_names, settings["max_countdown"])
+        submission = validate_submission(celery_app, body, queue_names, settings["max_countdown"])
         options = dict(submission["options"])
         if "priority" in options:
             options["priority"] = broker_priority(options["priority"], settings["broker"])

@@ -1,0 +1,140 @@
+"""Shared helpers of the testinfra suite.
+
+The suite runs against the hosts of an Ansible inventory (make verify passes
+the current ENV's inventory; molecule passes its own). Tests that need a
+service on another host reach it through that host's own tools, so nothing
+here needs a password on the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import uuid
+from typing import Any, Callable
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+APP_QUEUES = ("default", "emails", "priority")
+DEAD_LETTER_QUEUE = "dead-letter"
+VHOST = "/celery"
+
+
+def _inventory(config: pytest.Config) -> str:
+    inventory = config.getoption("ansible_inventory")
+    if not inventory:
+        raise pytest.UsageError("run with --ansible-inventory=<inventory> (see make verify)")
+    return inventory
+
+
+def _plain(value: Any) -> Any:
+    """A value of ansible-inventory's JSON, without its 'unsafe' wrapping."""
+    if isinstance(value, dict) and "__ansible_unsafe" in value:
+        return value["__ansible_unsafe"]
+    return value
+
+
+@pytest.fixture(scope="session")
+def group_hosts(pytestconfig: pytest.Config) -> Callable[[str], list[Any]]:
+    """Return the testinfra hosts of an inventory group.
+
+    Containers are reached with docker exec directly (fast); any other
+    connection goes through testinfra's Ansible backend.
+    """
+    inventory = _inventory(pytestconfig)
+    runner = AnsibleRunner(inventory)
+    hostvars = runner.inventory["_meta"]["hostvars"]
+    cache: dict[str, Any] = {}
+
+    def connect(name: str) -> Any:
+        variables = hostvars.get(name, {})
+        connection = _plain(variables.get("ansible_connection", "ssh"))
+        if connection in ("community.docker.docker", "docker"):
+            return testinfra.get_host(f"docker://{_plain(variables.get('ansible_host', name))}")
+        return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
+
+    def hosts(group: str) -> list[Any]:
+        names = sorted(runner.get_hosts(group))
+        assert names, f"the inventory has no host in group {group}"
+        return [cache.setdefault(name, connect(name)) for name in names]
+
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(group_hosts):
+    return group_hosts("rabbitmq")[0]
+
+
+@pytest.fixture(scope="session")
+def redis_host(group_hosts):
+    return group_hosts("redis")[0]
+
+
+@pytest.fixture(scope="session")
+def api_host(group_hosts):
+    return group_hosts("api")[0]
+
+
+def rabbitmq_queues(rabbitmq_host) -> dict[str, dict[str, Any]]:
+    """Queues of the app's vhost, by name, as rabbitmqctl reports them."""
+    out = rabbitmq_host.check_output(
+        "rabbitmqctl -q --formatter json list_queues -p %s name durable type policy "
+        "messages_ready messages_unacknowledged consumers arguments",
+        VHOST,
+    )
+    return {queue["name"]: queue for queue in json.loads(out)}
+
+
+def queue_argument(arguments: Any, name: str) -> Any:
+    """One x-argument of a queue, from rabbitmqctl's JSON ([name, type, value] triples)."""
+    if isinstance(arguments, dict):
+        return arguments.get(name)
+    for entry in arguments:
+        if entry[0] == name:
+            return entry[-1]
+    return None
+
+
+def redis_cli(redis_host, *args: str, db: int = 0, password: bool = True):
+    """Run redis-cli on the Redis host, authenticated with its configured password."""
+    auth = (
+        "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf) "
+        if password
+        else ""
+    )
+    command = f"{auth}redis-cli --no-auth-warning -n {db} " + " ".join(shlex.quote(a) for a in args)
+    return redis_host.run("sh -c %s", command)
+
+
+def api_call(api_host, method: str, path: str, body: Any | None = None) -> tuple[int, Any]:
+    """Call the API on its host; return the status code and the decoded body."""
+    marker = uuid.uuid4().hex
+    data = "" if body is None else "-H 'Content-Type: application/json' --data-binary %s" % shlex.quote(json.dumps(body))
+    result = api_host.run(
+        f"curl -s -m 20 -o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} http://127.0.0.1:8000{path}; "
+        f"echo; cat /tmp/{marker}; rm -f /tmp/{marker}"
+    )
+    assert result.rc == 0, result.stderr
+    status, _, text = result.stdout.partition("\n")
+    return int(status), json.loads(text) if text.strip() else None
+
+
+def submit(api_host, body: dict[str, Any]) -> str:
+    status, reply = api_call(api_host, "POST", "/tasks", body)
+    assert status == 202, reply
+    return reply["id"]
+
+
+def wait_for_result(api_host, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll GET /tasks/<id> until the task has finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, reply = api_call(api_host, "GET", f"/tasks/{task_id}")
+        assert status == 200, reply
+        if reply["state"] in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.5)

@@ -1,0 +1,26 @@
+"""Every service of the platform runs and starts at boot."""
+
+import pytest
+
+SERVICES = {
+    "rabbitmq": ["rabbitmq-server"],
+    "redis": ["redis-server"],
+    "workers": ["taskapp-workers.target"],
+    "api": ["taskapp-api"],
+}
+
+
+@pytest.mark.parametrize("group", sorted(SERVICES))
+def test_services_are_running_and_enabled(group_hosts, group):
+    for host in group_hosts(group):
+        for name in SERVICES[group]:
+            service = host.service(name)
+            assert service.is_running, f"{name} is not running on {host.backend.hostname}"
+            assert service.is_enabled, f"{name} is not enabled on {host.backend.hostname}"
+
+
+def test_app_services_run_unprivileged(group_hosts):
+    for group in ("workers", "api"):
+        for host in group_hosts(group):
+            users = host.check_output("ps -o user= -C celery,gunicorn | sort -u").split()
+            assert users == ["taskapp"], f"{host.backend.hostname} runs the app as {users}"

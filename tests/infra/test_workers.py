@@ -1,0 +1,43 @@
+"""Every worker host runs its configured worker processes, each consuming."""
+
+import json
+import re
+
+from conftest import APP_QUEUES, rabbitmq_queues
+
+CELERY = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/celery --app taskapp.app:app"
+
+
+def _configured_processes(host):
+    """Worker units the host's target wants (its configured process count)."""
+    wants = host.check_output("systemctl show -p Wants --value taskapp-workers.target")
+    return sorted(re.findall(r"taskapp-worker@\d+\.service", wants))
+
+
+def test_each_worker_host_runs_its_processes(group_hosts):
+    for host in group_hosts("workers"):
+        units = _configured_processes(host)
+        assert units, f"{host.backend.hostname} has no worker process configured"
+        for unit in units:
+            assert host.service(unit).is_running, f"{unit} on {host.backend.hostname}"
+            assert host.service(unit).is_enabled, f"{unit} on {host.backend.hostname}"
+
+
+def test_every_worker_process_answers_ping(group_hosts):
+    host = group_hosts("workers")[0]
+    replies = json.loads(host.check_output(f"{CELERY} inspect ping --timeout 5 --json"))
+    answered = set(replies) if isinstance(replies, dict) else {name for reply in replies for name in reply}
+    expected = set()
+    for worker_host in group_hosts("workers"):
+        hostname = worker_host.check_output("hostname")
+        for unit in _configured_processes(worker_host):
+            index = re.search(r"@(\d+)\.", unit).group(1)
+            expected.add(f"worker{index}@{hostname}")
+    assert answered == expected
+
+
+def test_every_worker_process_consumes_every_queue(group_hosts, rabbitmq):
+    processes = sum(len(_configured_processes(host)) for host in group_hosts("workers"))
+    queues = rabbitmq_queues(rabbitmq)
+    for name in APP_QUEUES:
+        assert queues[name]["consumers"] == processes, f"queue {name}"
