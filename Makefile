@@ -1,0 +1,79 @@
+# celery-kit: the front door. Each target calls a playbook, a script or a
+# tool; the logic lives there. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENV ?= local
+BROKER ?=
+RABBITMQ_HOSTS ?=
+REDIS_HOSTS ?=
+WORKER_HOSTS ?=
+API_HOSTS ?=
+WORKER_PROCESSES ?=
+LOCAL_PRIVILEGED ?=
+PYTHON ?= python3
+
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export KIT_LOCAL_DEPLOYMENT ?= local
+
+INVENTORY := inventories/$(ENV)
+# -e arguments for the settings given on the command line, and only those.
+EXTRA_VARS := $(strip \
+  $(if $(BROKER),-e celery_broker=$(BROKER)) \
+  $(if $(RABBITMQ_HOSTS),-e local_rabbitmq_hosts=$(RABBITMQ_HOSTS)) \
+  $(if $(REDIS_HOSTS),-e local_redis_hosts=$(REDIS_HOSTS)) \
+  $(if $(WORKER_HOSTS),-e local_worker_hosts=$(WORKER_HOSTS)) \
+  $(if $(API_HOSTS),-e local_api_hosts=$(API_HOSTS)) \
+  $(if $(WORKER_PROCESSES),-e kit_worker_processes=$(WORKER_PROCESSES)) \
+  $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)))
+PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
+
+.PHONY: help venv deploy verify status destroy test lint unit molecule clean check-env
+
+help: ## List the targets
+	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## Create .venv with the pinned tools
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	scripts/make-venv.sh "$(PYTHON)" "$(VENV)"
+
+check-env:
+	@case "$(ENV)" in local) ;; *) echo "error: ENV=$(ENV) is not an environment of this kit yet; use ENV=local" >&2; exit 2;; esac
+
+deploy: check-env venv ## Create the hosts and deploy the platform (idempotent)
+	scripts/ensure-docker.sh
+	$(PLAYBOOK) playbooks/local-hosts.yml
+	$(PLAYBOOK) playbooks/site.yml
+	$(PLAYBOOK) playbooks/summary.yml
+
+verify: check-env venv ## Run the testinfra suite against the deployed hosts
+	python -m pytest -p no:cacheprovider --ansible-inventory=$(INVENTORY) tests/infra
+
+status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Redis persistence
+	$(PLAYBOOK) playbooks/status.yml
+	python scripts/status.py .cache/status-$(KIT_LOCAL_DEPLOYMENT).json
+
+destroy: check-env venv ## Remove the hosts and the deployment's generated state
+	$(PLAYBOOK) playbooks/local-hosts-destroy.yml
+
+test: lint unit molecule ## Lint, unit tests and the molecule scenarios
+
+lint: venv ## yamllint, ansible-lint (production profile), ruff
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check .
+	ruff format --check .
+
+unit: venv ## Unit tests (no server needed)
+	python -m pytest -p no:cacheprovider tests/unit
+
+molecule: venv ## Molecule scenario default: create, converge, idempotence, verify, destroy
+	scripts/ensure-docker.sh
+	molecule test --scenario-name default
+
+clean: ## Remove .venv and caches (not the deployments)
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
