@@ -78,9 +78,9 @@ def redis_rows(lines: list[str], consumers: dict[str, int]) -> list[tuple[str, i
     return rows
 
 
-def parse_persistence(text: str) -> dict[str, str]:
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {key: fields[key].strip() for key in PERSISTENCE_FIELDS if key in fields}
+def parse_persistence(info: dict[str, Any]) -> dict[str, str]:
+    """The persistence fields worth a look, from Redis INFO persistence."""
+    return {key: str(info[key]) for key in PERSISTENCE_FIELDS if key in info}
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
@@ -88,7 +88,9 @@ def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for index, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -107,7 +109,7 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
     idle = [name for name, _, _, count in rows if count == 0 and name != DEAD_LETTER_QUEUE and not name.startswith("(")]
     out += ["", f"Workers online: {len(active)}"]
     out += [f"  {node}: {', '.join(queues)}" for node, queues in sorted(active.items())]
-    persistence = parse_persistence(status.get("redis_persistence") or "")
+    persistence = parse_persistence(status.get("redis_persistence") or {})
     out += ["", "Redis persistence:"]
     out += [f"  {key}: {value}" for key, value in persistence.items()]
     if persistence.get("aof_enabled") != "1":

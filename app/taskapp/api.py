@@ -15,7 +15,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kombu.exceptions
 import redis.exceptions
@@ -25,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from taskapp import tasks
 from taskapp.app import PRIORITY_MAX, PRIORITY_MIN, broker_priority
+from taskapp.app import app as default_celery_app
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_NUMBER = 1e15
@@ -203,10 +205,4 @@ def create_api(celery_app: Celery) -> Flask:
     return api
 
 
-def _default_api() -> Flask:
-    from taskapp.app import app as celery_app
-
-    return create_api(celery_app)
-
-
-app = _default_api()
+app = create_api(default_celery_app)

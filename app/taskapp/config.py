@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "task_time_limit": 300,
     "max_countdown": 3600,
     "result_expires": 86400,
-    "mail_sink": "/tmp/taskapp-mail-sink.log",
+    "mail_sink": os.path.join(tempfile.gettempdir(), "taskapp-mail-sink.log"),
 }
 
 BROKERS = ("rabbitmq", "redis")

@@ -13,7 +13,7 @@ import json
 import re
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
@@ -71,7 +71,7 @@ def send_welcome_email(self: Task, email: str) -> dict[str, str]:
         "to": email,
         "subject": "Welcome!",
         "task_id": self.request.id,
-        "sent_at": datetime.now(timezone.utc).isoformat(),
+        "sent_at": datetime.now(UTC).isoformat(),
     }
     with open(self.app.conf.taskapp["mail_sink"], "a", encoding="utf-8") as sink:
         fcntl.flock(sink, fcntl.LOCK_EX)

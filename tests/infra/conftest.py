@@ -12,13 +12,18 @@ import json
 import shlex
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 APP_QUEUES = ("default", "emails", "priority")
+# How the suite runs the app's own tools on a worker host.
+APP_ENV = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app"
+APP_PYTHON = f"{APP_ENV} /opt/taskapp/venv/bin/python"
+CELERY = f"{APP_ENV} /opt/taskapp/venv/bin/celery --app taskapp.app:app"
 DEAD_LETTER_QUEUE = "dead-letter"
 VHOST = "/celery"
 
@@ -101,11 +106,7 @@ def queue_argument(arguments: Any, name: str) -> Any:
 
 def redis_cli(redis_host, *args: str, db: int = 0, password: bool = True):
     """Run redis-cli on the Redis host, authenticated with its configured password."""
-    auth = (
-        "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf) "
-        if password
-        else ""
-    )
+    auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf) " if password else ""
     command = f"{auth}redis-cli --no-auth-warning -n {db} " + " ".join(shlex.quote(a) for a in args)
     return redis_host.run("sh -c %s", command)
 
@@ -113,7 +114,9 @@ def redis_cli(redis_host, *args: str, db: int = 0, password: bool = True):
 def api_call(api_host, method: str, path: str, body: Any | None = None) -> tuple[int, Any]:
     """Call the API on its host; return the status code and the decoded body."""
     marker = uuid.uuid4().hex
-    data = "" if body is None else "-H 'Content-Type: application/json' --data-binary %s" % shlex.quote(json.dumps(body))
+    data = ""
+    if body is not None:
+        data = f"-H 'Content-Type: application/json' --data-binary {shlex.quote(json.dumps(body))}"
     result = api_host.run(
         f"curl -s -m 20 -o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} http://127.0.0.1:8000{path}; "
         f"echo; cat /tmp/{marker}; rm -f /tmp/{marker}"

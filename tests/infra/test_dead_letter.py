@@ -3,25 +3,26 @@
 import json
 import time
 
-from conftest import DEAD_LETTER_QUEUE, rabbitmq_queues, submit, wait_for_result
+from conftest import APP_PYTHON, DEAD_LETTER_QUEUE, rabbitmq_queues, submit, wait_for_result
 
-# Reads the dead-letter queue without consuming it: every message is fetched
-# unacknowledged and goes back when the connection closes.
+# Reads a queue without consuming it: every message is fetched
+# unacknowledged and goes back when the connection closes. argv[1]: queue.
 PEEK = """
 import json
+import sys
 from taskapp.app import app
 found = []
 with app.connection_for_read() as connection:
     channel = connection.channel()
     while True:
-        message = channel.basic_get("%s", no_ack=False)
+        message = channel.basic_get(sys.argv[1], no_ack=False)
         if message is None:
             break
         deaths = message.headers.get("x-death") or [{}]
         found.append({"id": message.headers.get("id"), "reason": deaths[0].get("reason"),
                       "queue": deaths[0].get("queue")})
 print(json.dumps(found))
-""" % DEAD_LETTER_QUEUE
+"""
 
 
 def _dead_letters(rabbitmq):
@@ -40,11 +41,7 @@ def test_poison_task_is_retried_then_dead_lettered(api_host, rabbitmq, group_hos
     assert _dead_letters(rabbitmq) == before + 1
 
     worker = group_hosts("workers")[0]
-    peeked = worker.check_output(
-        "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app "
-        "/opt/taskapp/venv/bin/python -c %s",
-        PEEK,
-    )
+    peeked = worker.check_output(f"{APP_PYTHON} -c %s %s", PEEK, DEAD_LETTER_QUEUE)
     dead = {letter["id"]: letter for letter in json.loads(peeked)}
     assert dead[task_id] == {"id": task_id, "reason": "rejected", "queue": "default"}
     assert _dead_letters(rabbitmq) == before + 1, "peeking must leave the dead letters in place"

@@ -37,7 +37,9 @@ def test_dead_letter_queue_is_a_durable_quorum_queue_outside_the_policy(rabbitmq
 
 
 def test_guest_user_is_gone_and_app_user_is_not_admin(rabbitmq):
-    users = {u["user"]: u["tags"] for u in json.loads(rabbitmq.check_output("rabbitmqctl -q --formatter json list_users"))}
+    users = {
+        u["user"]: u["tags"] for u in json.loads(rabbitmq.check_output("rabbitmqctl -q --formatter json list_users"))
+    }
     assert "guest" not in users
     assert users["celery"] in ([], "", "[]")
     assert "administrator" in str(users["admin"])

@@ -15,7 +15,10 @@ def test_redis_requires_a_password(redis_host):
 def test_append_only_file_is_on(redis_host):
     assert redis_cli(redis_host, "CONFIG", "GET", "appendonly").stdout.split() == ["appendonly", "yes"]
     assert redis_cli(redis_host, "CONFIG", "GET", "appendfsync").stdout.split() == ["appendfsync", "everysec"]
-    assert redis_cli(redis_host, "CONFIG", "GET", "maxmemory-policy").stdout.split() == ["maxmemory-policy", "noeviction"]
+    assert redis_cli(redis_host, "CONFIG", "GET", "maxmemory-policy").stdout.split() == [
+        "maxmemory-policy",
+        "noeviction",
+    ]
 
 
 def _aof_bytes(redis_host):

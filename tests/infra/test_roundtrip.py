@@ -1,7 +1,6 @@
 """A task goes through the API, runs on a worker, its result comes back."""
 
 import pytest
-
 from conftest import api_call, redis_cli, submit, wait_for_result
 
 

@@ -3,9 +3,7 @@
 import json
 import re
 
-from conftest import APP_QUEUES, rabbitmq_queues
-
-CELERY = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/celery --app taskapp.app:app"
+from conftest import APP_QUEUES, CELERY, rabbitmq_queues
 
 
 def _configured_processes(host):

@@ -3,7 +3,6 @@
 import time
 
 import pytest
-
 from taskapp import config as config_module
 from taskapp.api import create_api
 from taskapp.app import create_app
@@ -15,7 +14,9 @@ def client():
 
 
 def test_valid_submission_is_accepted_with_an_id(client):
-    reply = client.post("/tasks", json={"task": "add", "args": [1, 2], "countdown": 5, "priority": 3, "queue": "priority"})
+    reply = client.post(
+        "/tasks", json={"task": "add", "args": [1, 2], "countdown": 5, "priority": 3, "queue": "priority"}
+    )
     assert reply.status_code == 202
     assert len(reply.json["id"]) == 36
 

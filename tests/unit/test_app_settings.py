@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from taskapp import config as config_module
 from taskapp.app import broker_priority, build_queues, build_settings, longest_hold_seconds
 
@@ -87,5 +86,5 @@ def test_config_file_with_foreign_default_queue_is_refused(tmp_path):
 
 
 def test_unreadable_config_names_the_file(tmp_path):
-    with pytest.raises(config_module.ConfigError, match="missing.json"):
+    with pytest.raises(config_module.ConfigError, match=r"missing\.json"):
         config_module.load(tmp_path / "missing.json")

@@ -6,24 +6,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-import status  # noqa: E402
+import status
 
 RABBITMQ_QUEUES = [
     {"name": "default", "type": "classic", "messages_ready": 3, "messages_unacknowledged": 2, "consumers": 4},
     {"name": "emails", "type": "classic", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 4},
     {"name": "dead-letter", "type": "quorum", "messages_ready": 1, "messages_unacknowledged": 0, "consumers": 0},
     {"name": "celeryev.1234", "type": "classic", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1},
-    {"name": "worker1@h.celery.pidbox", "type": "classic", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1},
+    {
+        "name": "worker1@h.celery.pidbox",
+        "type": "classic",
+        "messages_ready": 0,
+        "messages_unacknowledged": 0,
+        "consumers": 1,
+    },
 ]
 ACTIVE = json.dumps({"worker1@h": [{"name": "default"}, {"name": "emails"}], "worker2@h": [{"name": "default"}]})
-PERSISTENCE = "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_last_write_status:ok\r\n"
+PERSISTENCE = {"loading": 0, "aof_enabled": 1, "aof_last_write_status": "ok", "mem_fragmentation_ratio": 1.2}
 
 
 def _row(text, name):
     """The numeric columns of the table row of a queue."""
     for line in text.splitlines():
         if line.startswith(name + " "):
-            return [int(cell) for cell in line[len(name):].split()]
+            return [int(cell) for cell in line[len(name) :].split()]
     raise AssertionError(f"no row for {name} in:\n{text}")
 
 
@@ -67,7 +73,7 @@ def test_redis_broker_counts_priority_sub_queues_and_reserved_messages():
 
 
 def test_aof_off_is_flagged():
-    text, _ = status.report(_status(redis_persistence="aof_enabled:0\r\n"))
+    text, _ = status.report(_status(redis_persistence={"aof_enabled": 0}))
     assert "WARNING: the append-only file is off" in text
 
 
