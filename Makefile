@@ -60,7 +60,10 @@ status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Re
 destroy: check-env venv ## Remove the hosts and the deployment's generated state
 	$(PLAYBOOK) playbooks/local-hosts-destroy.yml
 
-test: lint unit molecule ## Lint, unit tests and the molecule scenarios
+test: venv ## Lint, unit tests and the molecule scenarios (each timed)
+	scripts/timed.sh lint $(MAKE) --no-print-directory lint
+	scripts/timed.sh unit $(MAKE) --no-print-directory unit
+	scripts/timed.sh molecule $(MAKE) --no-print-directory molecule
 
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	yamllint --strict .

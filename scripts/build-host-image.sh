@@ -44,13 +44,19 @@ if [ -z "$mirror" ]; then
   echo "error: no Debian mirror found in this machine's apt configuration; set DEBIAN_MIRROR=<url of a Debian mirror>" >&2
   exit 2
 fi
-if ! command -v debootstrap >/dev/null; then
-  echo "error: debootstrap is not installed (Debian/Ubuntu: apt-get install debootstrap)" >&2
+if [ "$(id -u)" != 0 ]; then
+  echo "error: building the host image needs root (debootstrap); run: sudo $0 $image" >&2
   exit 2
 fi
-if [ "$(id -u)" != 0 ]; then
-  echo "error: debootstrap needs root; run this script with sudo or as root" >&2
-  exit 2
+if ! command -v debootstrap >/dev/null; then
+  if [ -f /etc/debian_version ]; then
+    echo "installing debootstrap"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+  else
+    echo "error: debootstrap is not installed; install it with your distribution's package manager" >&2
+    exit 2
+  fi
 fi
 
 work="$(mktemp -d /var/tmp/celery-kit-rootfs.XXXXXX)"
