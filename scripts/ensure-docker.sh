@@ -27,7 +27,11 @@ echo "starting the Docker engine"
 if [ -d /run/systemd/system ]; then
   systemctl start docker
 else
-  # No systemd as PID 1 (a container or CI sandbox): run the daemon directly.
+  # No systemd as PID 1 (a container or CI sandbox): run the daemon directly,
+  # after clearing the pid file a killed daemon may have left behind.
+  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    rm -f /var/run/docker.pid
+  fi
   mkdir -p /var/log
   nohup dockerd >/var/log/dockerd.log 2>&1 &
 fi
