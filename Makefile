@@ -11,6 +11,7 @@ WORKER_HOSTS ?=
 API_HOSTS ?=
 WORKER_PROCESSES ?=
 LOCAL_PRIVILEGED ?=
+LOCAL_NETWORK_PREFIX ?=
 PYTHON ?= python3
 
 VENV := .venv
@@ -27,7 +28,8 @@ EXTRA_VARS := $(strip \
   $(if $(WORKER_HOSTS),-e local_worker_hosts=$(WORKER_HOSTS)) \
   $(if $(API_HOSTS),-e local_api_hosts=$(API_HOSTS)) \
   $(if $(WORKER_PROCESSES),-e kit_worker_processes=$(WORKER_PROCESSES)) \
-  $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)))
+  $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)) \
+  $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)))
 PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 
 .PHONY: help venv deploy verify status destroy test lint unit molecule clean check-env

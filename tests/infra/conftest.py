@@ -70,7 +70,17 @@ def group_hosts(pytestconfig: pytest.Config) -> Callable[[str], list[Any]]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq(group_hosts):
+def broker(group_hosts) -> str:
+    """The deployment's broker, as the app on the api host is configured."""
+    config = group_hosts("api")[0].file("/etc/taskapp/config.json").content_string
+    return json.loads(config)["broker"]
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(group_hosts, broker):
+    """The RabbitMQ host; tests of RabbitMQ do not apply to a Redis-broker deployment."""
+    if broker != "rabbitmq":
+        pytest.skip(f"this deployment's broker is {broker}, not RabbitMQ")
     return group_hosts("rabbitmq")[0]
 
 

@@ -47,5 +47,5 @@ def test_bad_submissions_get_a_clear_400(api_host, body, message):
     assert message in reply["error"]
 
 
-def test_health_endpoint_answers(api_host):
-    assert api_call(api_host, "GET", "/healthz") == (200, {"status": "ok", "broker": "rabbitmq"})
+def test_health_endpoint_answers(api_host, broker):
+    assert api_call(api_host, "GET", "/healthz") == (200, {"status": "ok", "broker": broker})

@@ -34,7 +34,15 @@ def test_every_worker_process_answers_ping(group_hosts):
     assert answered == expected
 
 
-def test_every_worker_process_consumes_every_queue(group_hosts, rabbitmq):
+def test_every_worker_process_consumes_every_queue(group_hosts):
+    processes = sum(len(_configured_processes(host)) for host in group_hosts("workers"))
+    replies = json.loads(group_hosts("workers")[0].check_output(f"{CELERY} inspect active_queues --timeout 5 --json"))
+    for name in APP_QUEUES:
+        consuming = [node for node, queues in replies.items() if name in {queue["name"] for queue in queues}]
+        assert len(consuming) == processes, f"queue {name} is consumed by {sorted(consuming)}"
+
+
+def test_rabbitmq_sees_one_consumer_per_worker_process_on_every_queue(group_hosts, rabbitmq):
     processes = sum(len(_configured_processes(host)) for host in group_hosts("workers"))
     queues = rabbitmq_queues(rabbitmq)
     for name in APP_QUEUES:

@@ -1,0 +1,62 @@
+"""Bad input stops a role or playbook before anything changes, naming the variable."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = {
+    "rabbitmq": {
+        "rabbitmq_erlang_cookie": "A" * 40,
+        "rabbitmq_app_password": "app-secret",
+        "rabbitmq_admin_password": "admin-secret",
+    },
+    "redis": {"redis_password": "redis-secret", "redis_bind_address": "127.0.0.1"},
+}
+
+
+def _run(playbook: str, extra_vars: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "--check", playbook, "--extra-vars", json.dumps(extra_vars)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "bad", "named"),
+    [
+        ("rabbitmq", {"rabbitmq_vm_memory_high_watermark": "lots"}, "rabbitmq_vm_memory_high_watermark"),
+        ("rabbitmq", {"rabbitmq_admin_password": None}, "rabbitmq_admin_password"),
+        ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 300}]}, "max_priority"),
+        ("rabbitmq", {"rabbitmq_queues": [{"name": "q", "type": "stream"}]}, "type"),
+        ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
+        ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
+    ],
+)
+def test_bad_role_input_fails_before_any_change(role, bad, named):
+    extra = dict(GOOD[role], role_under_test=role, **bad)
+    extra = {key: value for key, value in extra.items() if value is not None}
+    result = _run("tests/unit/playbooks/include-role.yml", extra)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert named in output
+    assert "changed=0" in output
+
+
+def test_unknown_broker_stops_site_yml_on_the_controller():
+    result = _run("playbooks/site.yml", {"celery_broker": "kafka", "kit_environment": "input-validation"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "celery_broker must be rabbitmq or redis" in output
+    assert not (ROOT / ".state" / "input-validation").exists()
