@@ -1,0 +1,56 @@
+"""The hosts install app/requirements.txt with --no-index: it must hold the
+whole dependency tree of the app, for the hosts' Python (Debian 12: 3.11.2)."""
+
+from importlib.metadata import PackageNotFoundError, requires, version
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+# What the app imports, with the extras it relies on.
+ROOTS = [Requirement("celery[redis]"), Requirement("flask"), Requirement("gunicorn")]
+HOST_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux"}
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "app/requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            pins[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
+    return pins
+
+
+def _applies(requirement: Requirement, extras: set[str]) -> bool:
+    if requirement.marker is None:
+        return True
+    environment = dict(default_environment(), **HOST_PYTHON)
+    return any(requirement.marker.evaluate(dict(environment, extra=extra)) for extra in extras | {""})
+
+
+def test_every_dependency_of_the_app_is_pinned():
+    pins = _pins()
+    missing, seen = [], set()
+    todo = [(requirement, set()) for requirement in ROOTS]
+    while todo:
+        requirement, parent_extras = todo.pop()
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in seen or not _applies(requirement, parent_extras):
+            continue
+        seen.add(key)
+        if name not in pins:
+            missing.append(str(requirement))
+            continue
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {requirement}"
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            missing.append(f"{name} (not installed on the controller to read its metadata)")
+            continue
+        assert installed == pins[name], f"controller has {name} {installed}, the hosts get {pins[name]}"
+        todo += [(Requirement(line), set(requirement.extras)) for line in requires(name) or []]
+    assert not missing, f"app/requirements.txt lacks: {sorted(set(missing))}"
