@@ -52,3 +52,33 @@ def test_management_api_rejects_unauthenticated_requests(rabbitmq):
 
 def test_node_has_no_alarms(rabbitmq):
     assert rabbitmq.run("rabbitmq-diagnostics -q check_local_alarms").rc == 0
+
+
+def _open_files_limit(host, pid, which="soft"):
+    limits = host.check_output(f"cat /proc/{pid}/limits")
+    fields = next(line.split() for line in limits.splitlines() if line.startswith("Max open files"))
+    return int(fields[3] if which == "soft" else fields[4])
+
+
+def test_server_may_open_65536_files_or_as_many_as_the_machine_allows(rabbitmq):
+    assert rabbitmq.check_output("systemctl show -p LimitNOFILE --value rabbitmq-server") == "65536"
+    # A container cannot exceed the limit it was started with (here, where
+    # CAP_SYS_RESOURCE is not granted, the Docker daemon's own); on a VM the
+    # ceiling is far above 65536.
+    ceiling = _open_files_limit(rabbitmq, 1, "hard")
+    beam = rabbitmq.check_output("pgrep -o beam.smp")
+    assert _open_files_limit(rabbitmq, beam) == min(65536, ceiling)
+
+
+def test_consumer_timeout_outlasts_the_longest_countdown_and_run(rabbitmq, api_host):
+    config = json.loads(api_host.file("/etc/taskapp/config.json").content_string)
+    answer = rabbitmq.check_output("rabbitmqctl -q eval 'application:get_env(rabbit, consumer_timeout).'")
+    timeout_ms = int(answer.strip("{}").split(",")[1])
+    assert timeout_ms > (config["max_countdown"] + config["task_time_limit"]) * 1000
+
+
+def test_memory_and_disk_watermarks_are_set(rabbitmq):
+    memory = rabbitmq.check_output("rabbitmqctl -q eval 'application:get_env(rabbit, vm_memory_high_watermark).'")
+    disk = rabbitmq.check_output("rabbitmqctl -q eval 'application:get_env(rabbit, disk_free_limit).'")
+    assert memory == "{ok,0.4}"
+    assert disk.startswith("{ok,") and disk != "{ok,50000000}"

@@ -16,8 +16,8 @@ HOST_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_p
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "app/requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in (ROOT / "app/requirements.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             requirement = Requirement(line)
             pins[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
@@ -45,7 +45,9 @@ def test_every_dependency_of_the_app_is_pinned():
         if name not in pins:
             missing.append(str(requirement))
             continue
-        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {requirement}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} breaks {requirement}"
+        )
         try:
             installed = version(name)
         except PackageNotFoundError:
