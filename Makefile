@@ -32,7 +32,7 @@ EXTRA_VARS := $(strip \
   $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)))
 PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 
-.PHONY: help venv deploy verify status destroy test lint unit molecule clean check-env
+.PHONY: help venv deploy verify status destroy test lint unit terraform molecule clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -62,9 +62,10 @@ status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Re
 destroy: check-env venv ## Remove the hosts and the deployment's generated state
 	$(PLAYBOOK) playbooks/local-hosts-destroy.yml
 
-test: venv ## Lint, unit tests and the molecule scenarios (each timed)
+test: venv ## Lint, unit tests, Terraform checks and the molecule scenarios (each timed)
 	scripts/timed.sh lint $(MAKE) --no-print-directory lint
 	scripts/timed.sh unit $(MAKE) --no-print-directory unit
+	scripts/timed.sh terraform $(MAKE) --no-print-directory terraform
 	scripts/timed.sh molecule $(MAKE) --no-print-directory molecule
 
 lint: venv ## yamllint, ansible-lint (production profile), ruff
@@ -75,6 +76,12 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 
 unit: venv ## Unit tests (no server needed)
 	python -m pytest -p no:cacheprovider tests/unit
+
+terraform: ## terraform fmt -check, validate, and terraform test with a mocked AWS provider
+	scripts/terraform.sh fmt -check -recursive
+	scripts/terraform.sh init -input=false -backend=false
+	scripts/terraform.sh validate
+	scripts/terraform.sh test
 
 molecule: venv ## Molecule scenario default: create, converge, idempotence, verify, destroy
 	scripts/ensure-docker.sh

@@ -1,0 +1,136 @@
+# Plan-level assertions with a mocked AWS provider: no account, no network.
+mock_provider "aws" {
+  mock_data "aws_availability_zones" {
+    defaults = {
+      names = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    }
+  }
+
+  mock_data "aws_ami" {
+    defaults = {
+      id = "ami-0123456789abcdef0"
+    }
+  }
+}
+
+variables {
+  region        = "eu-west-1"
+  operator_cidr = "203.0.113.7/32"
+  key_name      = "celery-kit"
+}
+
+run "default_sizes" {
+  command = apply
+
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "rabbitmq"]) == 1
+    error_message = "one rabbitmq host by default"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "redis"]) == 1
+    error_message = "one redis host by default"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "workers"]) == 2
+    error_message = "two worker hosts by default"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "api"]) == 1
+    error_message = "one api host by default"
+  }
+  assert {
+    condition     = alltrue([for h in concat(values(aws_instance.host), [aws_instance.bastion]) : h.metadata_options[0].http_tokens == "required"])
+    error_message = "every instance requires IMDSv2"
+  }
+  assert {
+    condition = alltrue([for h in concat(values(aws_instance.host), [aws_instance.bastion]) :
+    h.root_block_device[0].encrypted && h.root_block_device[0].volume_type == "gp3"])
+    error_message = "every root volume is encrypted gp3"
+  }
+  assert {
+    condition = alltrue([for h in values(aws_instance.host) :
+    h.tags["Project"] == "celery-kit" && h.tags["Environment"] == "dev" && contains(["rabbitmq", "redis", "workers", "api"], h.tags["Role"])])
+    error_message = "every host carries the Project, Environment and Role tags the inventory groups by"
+  }
+  assert {
+    condition     = alltrue([for h in values(aws_instance.host) : h.associate_public_ip_address == (h.tags["Role"] == "api")])
+    error_message = "only the api hosts get a public address"
+  }
+  assert {
+    condition     = length(distinct([for h in values(aws_instance.host) : h.subnet_id if h.tags["Role"] == "workers"])) == 2
+    error_message = "the workers spread over two availability zones"
+  }
+}
+
+run "security_groups_are_least_privilege" {
+  command = apply
+
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.bastion_ssh_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.bastion_ssh_from_operator.from_port == 22
+    error_message = "SSH reaches the bastion only from the operator CIDR"
+  }
+  assert {
+    condition     = alltrue([for rule in aws_vpc_security_group_ingress_rule.ssh_from_bastion : rule.referenced_security_group_id == aws_security_group.bastion.id && rule.cidr_ipv4 == null])
+    error_message = "SSH reaches the hosts only from the bastion"
+  }
+  assert {
+    condition = toset([for rule in aws_vpc_security_group_ingress_rule.service : "${rule.security_group_id}:${rule.from_port}:${rule.referenced_security_group_id}"]) == toset([
+      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["workers"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:15672:${aws_security_group.group["workers"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:15672:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:4369:${aws_security_group.group["rabbitmq"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:25672:${aws_security_group.group["rabbitmq"].id}",
+      "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["workers"].id}",
+      "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["api"].id}",
+    ])
+    error_message = "AMQP/management only from workers and api, Erlang distribution only among brokers, Redis only from workers and api"
+  }
+  assert {
+    condition     = aws_vpc_security_group_ingress_rule.api_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.api_from_operator.from_port == 8000
+    error_message = "the API port is open to the operator CIDR only"
+  }
+  assert {
+    condition     = length(aws_default_security_group.locked[0].ingress) == 0 && length(aws_default_security_group.locked[0].egress) == 0
+    error_message = "the VPC's default security group allows nothing"
+  }
+}
+
+run "counts_follow_the_hosts_variable" {
+  command = apply
+
+  variables {
+    hosts = {
+      workers = { count = 5, instance_type = "c6i.large" }
+    }
+  }
+
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "workers" && h.instance_type == "c6i.large"]) == 5
+    error_message = "five c6i.large workers"
+  }
+  assert {
+    condition     = length(aws_instance.host) == 8
+    error_message = "1 rabbitmq + 1 redis + 5 workers + 1 api"
+  }
+}
+
+run "open_operator_cidr_is_refused" {
+  command = plan
+
+  variables {
+    operator_cidr = "0.0.0.0/0"
+  }
+
+  expect_failures = [var.operator_cidr]
+}
+
+run "one_availability_zone_is_refused" {
+  command = plan
+
+  variables {
+    az_count = 1
+  }
+
+  expect_failures = [var.az_count]
+}

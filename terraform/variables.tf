@@ -1,0 +1,123 @@
+variable "project" {
+  description = "Project tag of every resource; the Ansible inventory selects hosts by it."
+  type        = string
+  default     = "celery-kit"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.project))
+    error_message = "project must be 2-31 characters: lower-case letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "environment" {
+  description = "Environment tag (e.g. dev, staging, prod); two deployments in one account differ by project or environment."
+  type        = string
+  default     = "dev"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.environment))
+    error_message = "environment must be 2-21 characters: lower-case letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region to deploy in."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must look like eu-west-1."
+  }
+}
+
+variable "operator_cidr" {
+  description = "CIDR allowed to reach the bastion (SSH) and the API. No default: it must be your own address range, never the whole internet."
+  type        = string
+
+  validation {
+    condition     = can(cidrnetmask(var.operator_cidr)) && !contains(["0.0.0.0/0", "::/0"], var.operator_cidr)
+    error_message = "operator_cidr must be a valid IPv4 CIDR such as 203.0.113.7/32, and not 0.0.0.0/0."
+  }
+}
+
+variable "vpc_id" {
+  description = "Existing VPC to deploy into; null creates a new VPC with vpc_cidr."
+  type        = string
+  default     = null
+}
+
+variable "vpc_cidr" {
+  description = "CIDR of the VPC created when vpc_id is null (also used to carve subnets in an existing VPC)."
+  type        = string
+  default     = "10.42.0.0/16"
+
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr)) && tonumber(split("/", var.vpc_cidr)[1]) <= 20
+    error_message = "vpc_cidr must be an IPv4 CIDR of /20 or larger."
+  }
+}
+
+variable "az_count" {
+  description = "Availability zones to spread subnets and hosts over (at least 2)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.az_count >= 2 && var.az_count <= 4
+    error_message = "az_count must be between 2 and 4."
+  }
+}
+
+variable "hosts" {
+  description = "Per inventory group: how many instances and of which type."
+  type = object({
+    rabbitmq = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.medium") }), {})
+    redis    = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
+    workers  = optional(object({ count = optional(number, 2), instance_type = optional(string, "t3.small") }), {})
+    api      = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.micro") }), {})
+  })
+  default = {}
+
+  validation {
+    condition = alltrue([
+      var.hosts.rabbitmq.count >= 1, var.hosts.redis.count >= 1,
+      var.hosts.workers.count >= 1, var.hosts.api.count >= 1,
+      var.hosts.rabbitmq.count <= 9, var.hosts.workers.count <= 50,
+    ])
+    error_message = "Each group needs at least one host; at most 9 rabbitmq and 50 workers."
+  }
+}
+
+variable "bastion_instance_type" {
+  description = "Instance type of the SSH bastion."
+  type        = string
+  default     = "t3.nano"
+}
+
+variable "ami_id" {
+  description = "AMI for every host; null looks up the newest official Debian 12 (amd64) image."
+  type        = string
+  default     = null
+}
+
+variable "key_name" {
+  description = "EC2 key pair for SSH (the bastion and, through it, every host)."
+  type        = string
+}
+
+variable "root_volume_size" {
+  description = "Root volume size in GiB (gp3, encrypted)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.root_volume_size >= 8 && var.root_volume_size <= 1024
+    error_message = "root_volume_size must be between 8 and 1024 GiB."
+  }
+}
+
+variable "api_port" {
+  description = "Port of the sample API on the api hosts."
+  type        = number
+  default     = 8000
+}
