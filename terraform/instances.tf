@@ -42,7 +42,7 @@ resource "aws_instance" "host" {
   subnet_id                   = each.value.group == "api" ? aws_subnet.public[each.value.index % var.az_count].id : aws_subnet.private[each.value.index % var.az_count].id
   associate_public_ip_address = each.value.group == "api"
   vpc_security_group_ids      = [aws_security_group.group[each.value.group].id]
-  monitoring                  = true
+  monitoring                  = var.detailed_monitoring
   ebs_optimized               = true
 
   metadata_options {
@@ -69,7 +69,7 @@ resource "aws_instance" "bastion" {
   subnet_id                   = aws_subnet.public[0].id
   associate_public_ip_address = true
   vpc_security_group_ids      = [aws_security_group.bastion.id]
-  monitoring                  = true
+  monitoring                  = var.detailed_monitoring
   ebs_optimized               = true
 
   metadata_options {

@@ -121,3 +121,9 @@ variable "api_port" {
   type        = number
   default     = 8000
 }
+
+variable "detailed_monitoring" {
+  description = "CloudWatch detailed (1-minute) monitoring of the instances; basic 5-minute monitoring is always on. Costs extra per instance."
+  type        = bool
+  default     = false
+}
