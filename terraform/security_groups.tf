@@ -72,8 +72,7 @@ resource "aws_vpc_security_group_ingress_rule" "api_from_operator" {
   cidr_ipv4         = var.operator_cidr
 }
 
-# Egress: the bastion only to the VPC (SSH onwards); hosts to the VPC and
-# to HTTP(S) for packages (through the NAT gateway for private hosts).
+# Egress of the bastion: SSH onwards into the VPC only.
 resource "aws_vpc_security_group_egress_rule" "bastion_to_vpc" {
   security_group_id = aws_security_group.bastion.id
   description       = "SSH onwards inside the VPC"
@@ -83,33 +82,26 @@ resource "aws_vpc_security_group_egress_rule" "bastion_to_vpc" {
   cidr_ipv4         = var.vpc_cidr
 }
 
-resource "aws_vpc_security_group_egress_rule" "to_vpc" {
-  for_each = aws_security_group.group
-
-  security_group_id = each.value.id
-  description       = "Anything inside the VPC (other groups still filter their ingress)"
-  ip_protocol       = "-1"
-  cidr_ipv4         = var.vpc_cidr
+locals {
+  # Egress of every host group: the VPC (other groups still filter their
+  # ingress), and HTTP(S) for the Debian mirror and AWS APIs.
+  egress_rules = {
+    vpc   = { description = "Anything inside the VPC", protocol = "-1", port = null, cidr = var.vpc_cidr }
+    https = { description = "HTTPS for packages and AWS APIs", protocol = "tcp", port = 443, cidr = "0.0.0.0/0" }
+    http  = { description = "HTTP for the Debian mirror", protocol = "tcp", port = 80, cidr = "0.0.0.0/0" }
+  }
+  host_egress = {
+    for pair in setproduct(local.groups, keys(local.egress_rules)) : "${pair[0]}-${pair[1]}" => merge(local.egress_rules[pair[1]], { group = pair[0] })
+  }
 }
 
-resource "aws_vpc_security_group_egress_rule" "https" {
-  for_each = aws_security_group.group
+resource "aws_vpc_security_group_egress_rule" "host" {
+  for_each = local.host_egress
 
-  security_group_id = each.value.id
-  description       = "HTTPS for packages and AWS APIs"
-  ip_protocol       = "tcp"
-  from_port         = 443
-  to_port           = 443
-  cidr_ipv4         = "0.0.0.0/0"
-}
-
-resource "aws_vpc_security_group_egress_rule" "http" {
-  for_each = aws_security_group.group
-
-  security_group_id = each.value.id
-  description       = "HTTP for the Debian mirror"
-  ip_protocol       = "tcp"
-  from_port         = 80
-  to_port           = 80
-  cidr_ipv4         = "0.0.0.0/0"
+  security_group_id = aws_security_group.group[each.value.group].id
+  description       = each.value.description
+  ip_protocol       = each.value.protocol
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.cidr
 }

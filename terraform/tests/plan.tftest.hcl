@@ -134,3 +134,21 @@ run "one_availability_zone_is_refused" {
 
   expect_failures = [var.az_count]
 }
+
+run "hosts_reach_only_the_vpc_and_web_ports" {
+  command = apply
+
+  assert {
+    condition = alltrue([for rule in aws_vpc_security_group_egress_rule.host :
+    rule.ip_protocol == "-1" ? rule.cidr_ipv4 == "10.42.0.0/16" : rule.ip_protocol == "tcp" && contains([80, 443], coalesce(rule.from_port, -1))])
+    error_message = "hosts may talk to the VPC and to ports 80/443 only"
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_egress_rule.host) == 12
+    error_message = "three egress rules for each of the four host groups"
+  }
+  assert {
+    condition     = aws_vpc_security_group_egress_rule.bastion_to_vpc.cidr_ipv4 == "10.42.0.0/16" && aws_vpc_security_group_egress_rule.bastion_to_vpc.from_port == 22
+    error_message = "the bastion only SSHes into the VPC"
+  }
+}
