@@ -38,12 +38,12 @@ resource "aws_instance" "host" {
   ami           = local.ami_id
   instance_type = each.value.instance_type
   key_name      = var.key_name
-  # The api hosts answer the operator directly; everything else stays private.
-  subnet_id                   = each.value.group == "api" ? aws_subnet.public[each.value.index % var.az_count].id : aws_subnet.private[each.value.index % var.az_count].id
-  associate_public_ip_address = each.value.group == "api"
-  vpc_security_group_ids      = [aws_security_group.group[each.value.group].id]
-  monitoring                  = var.detailed_monitoring
-  ebs_optimized               = true
+  # The api hosts answer the operator directly, from a public subnet (which
+  # gives them a public address); everything else stays in private subnets.
+  subnet_id              = each.value.group == "api" ? aws_subnet.public[each.value.index % var.az_count].id : aws_subnet.private[each.value.index % var.az_count].id
+  vpc_security_group_ids = [aws_security_group.group[each.value.group].id]
+  monitoring             = var.detailed_monitoring
+  ebs_optimized          = true
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -63,14 +63,13 @@ resource "aws_instance" "host" {
 }
 
 resource "aws_instance" "bastion" {
-  ami                         = local.ami_id
-  instance_type               = var.bastion_instance_type
-  key_name                    = var.key_name
-  subnet_id                   = aws_subnet.public[0].id
-  associate_public_ip_address = true
-  vpc_security_group_ids      = [aws_security_group.bastion.id]
-  monitoring                  = var.detailed_monitoring
-  ebs_optimized               = true
+  ami                    = local.ami_id
+  instance_type          = var.bastion_instance_type
+  key_name               = var.key_name
+  subnet_id              = aws_subnet.public[0].id
+  vpc_security_group_ids = [aws_security_group.bastion.id]
+  monitoring             = var.detailed_monitoring
+  ebs_optimized          = true
 
   metadata_options {
     http_endpoint               = "enabled"

@@ -57,7 +57,7 @@ resource "aws_subnet" "public" {
   vpc_id                  = local.vpc_id
   availability_zone       = local.azs[count.index]
   cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
-  map_public_ip_on_launch = false
+  map_public_ip_on_launch = true # the bastion and the api hosts answer the operator
   tags                    = merge(local.tags, { Name = "${local.name}-public-${local.azs[count.index]}", Tier = "public" })
 }
 

@@ -53,8 +53,13 @@ run "default_sizes" {
     error_message = "every host carries the Project, Environment and Role tags the inventory groups by"
   }
   assert {
-    condition     = alltrue([for h in values(aws_instance.host) : h.associate_public_ip_address == (h.tags["Role"] == "api")])
-    error_message = "only the api hosts get a public address"
+    condition = alltrue([for h in values(aws_instance.host) :
+    contains(h.tags["Role"] == "api" ? aws_subnet.public[*].id : aws_subnet.private[*].id, h.subnet_id)])
+    error_message = "only the api hosts sit in the public subnets; the others in the private ones"
+  }
+  assert {
+    condition     = alltrue(aws_subnet.public[*].map_public_ip_on_launch) && !anytrue(aws_subnet.private[*].map_public_ip_on_launch)
+    error_message = "public subnets give addresses, private ones do not"
   }
   assert {
     condition     = length(distinct([for h in values(aws_instance.host) : h.subnet_id if h.tags["Role"] == "workers"])) == 2
