@@ -9,6 +9,7 @@ here needs a password on the controller.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 import uuid
@@ -102,6 +103,12 @@ def rabbitmq_queues(rabbitmq_host) -> dict[str, dict[str, Any]]:
         VHOST,
     )
     return {queue["name"]: queue for queue in json.loads(out)}
+
+
+def configured_worker_units(host) -> list[str]:
+    """Worker units the host's target wants (its configured process count)."""
+    wants = host.check_output("systemctl show -p Wants --value taskapp-workers.target")
+    return sorted(re.findall(r"taskapp-worker@\d+\.service", wants))
 
 
 def queue_argument(arguments: Any, name: str) -> Any:

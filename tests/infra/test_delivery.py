@@ -3,7 +3,7 @@ gives them back to the broker (late acks), and a finished id never runs twice.""
 
 import time
 
-from conftest import api_call, redis_cli, submit, wait_for_result
+from conftest import api_call, configured_worker_units, redis_cli, submit, wait_for_result
 
 
 def _wait_until_started(api_host, task_id, timeout=30):
@@ -40,6 +40,5 @@ def test_task_of_a_killed_worker_is_delivered_again_and_completes(api_host, grou
     reply = wait_for_result(api_host, task_id, timeout=90)
     assert reply["state"] == "SUCCESS"
     for host in group_hosts("workers"):
-        units = host.check_output("systemctl show -p Wants --value taskapp-workers.target").split()
-        for unit in units:
+        for unit in configured_worker_units(host):
             assert host.service(unit).is_running, f"{unit} did not come back on {host.backend.hostname}"

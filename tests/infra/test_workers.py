@@ -3,18 +3,12 @@
 import json
 import re
 
-from conftest import APP_QUEUES, CELERY, rabbitmq_queues
-
-
-def _configured_processes(host):
-    """Worker units the host's target wants (its configured process count)."""
-    wants = host.check_output("systemctl show -p Wants --value taskapp-workers.target")
-    return sorted(re.findall(r"taskapp-worker@\d+\.service", wants))
+from conftest import APP_QUEUES, CELERY, configured_worker_units, rabbitmq_queues
 
 
 def test_each_worker_host_runs_its_processes(group_hosts):
     for host in group_hosts("workers"):
-        units = _configured_processes(host)
+        units = configured_worker_units(host)
         assert units, f"{host.backend.hostname} has no worker process configured"
         for unit in units:
             assert host.service(unit).is_running, f"{unit} on {host.backend.hostname}"
@@ -28,14 +22,14 @@ def test_every_worker_process_answers_ping(group_hosts):
     expected = set()
     for worker_host in group_hosts("workers"):
         hostname = worker_host.check_output("hostname")
-        for unit in _configured_processes(worker_host):
+        for unit in configured_worker_units(worker_host):
             index = re.search(r"@(\d+)\.", unit).group(1)
             expected.add(f"worker{index}@{hostname}")
     assert answered == expected
 
 
 def test_every_worker_process_consumes_every_queue(group_hosts):
-    processes = sum(len(_configured_processes(host)) for host in group_hosts("workers"))
+    processes = sum(len(configured_worker_units(host)) for host in group_hosts("workers"))
     replies = json.loads(group_hosts("workers")[0].check_output(f"{CELERY} inspect active_queues --timeout 5 --json"))
     for name in APP_QUEUES:
         consuming = [node for node, queues in replies.items() if name in {queue["name"] for queue in queues}]
@@ -43,7 +37,7 @@ def test_every_worker_process_consumes_every_queue(group_hosts):
 
 
 def test_rabbitmq_sees_one_consumer_per_worker_process_on_every_queue(group_hosts, rabbitmq):
-    processes = sum(len(_configured_processes(host)) for host in group_hosts("workers"))
+    processes = sum(len(configured_worker_units(host)) for host in group_hosts("workers"))
     queues = rabbitmq_queues(rabbitmq)
     for name in APP_QUEUES:
         assert queues[name]["consumers"] == processes, f"queue {name}"
