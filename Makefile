@@ -13,6 +13,17 @@ WORKER_PROCESSES ?=
 LOCAL_PRIVILEGED ?=
 LOCAL_NETWORK_PREFIX ?=
 PYTHON ?= python3
+# ENV=aws only (see README, "AWS"): exported as Terraform variables.
+AWS_ENVIRONMENT ?=
+PROJECT ?=
+OPERATOR_CIDR ?=
+KEY_NAME ?=
+AUTO_APPROVE ?=
+export AUTO_APPROVE
+$(if $(AWS_ENVIRONMENT),$(eval export TF_VAR_environment := $(AWS_ENVIRONMENT)))
+$(if $(PROJECT),$(eval export TF_VAR_project := $(PROJECT)))
+$(if $(OPERATOR_CIDR),$(eval export TF_VAR_operator_cidr := $(OPERATOR_CIDR)))
+$(if $(KEY_NAME),$(eval export TF_VAR_key_name := $(KEY_NAME)))
 
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -31,6 +42,10 @@ EXTRA_VARS := $(strip \
   $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)) \
   $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)))
 PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
+# On AWS, commands that reach the hosts run with the region, tags and
+# bastion address the aws inventory reads (from Terraform's outputs).
+ON_HOSTS := $(if $(filter aws,$(ENV)),python scripts/aws_deploy.py exec)
+STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
 
 .PHONY: help venv deploy verify status destroy test lint unit terraform molecule clean check-env
 
@@ -44,23 +59,31 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	scripts/make-venv.sh "$(PYTHON)" "$(VENV)"
 
 check-env:
-	@case "$(ENV)" in local) ;; *) echo "error: ENV=$(ENV) is not an environment of this kit yet; use ENV=local" >&2; exit 2;; esac
+	@case "$(ENV)" in local|aws) ;; *) echo "error: ENV=$(ENV) is not an environment of this kit; use ENV=local or ENV=aws" >&2; exit 2;; esac
 
 deploy: check-env venv ## Create the hosts and deploy the platform (idempotent)
+ifeq ($(ENV),aws)
+	python scripts/aws_deploy.py deploy
+else
 	scripts/ensure-docker.sh
 	$(PLAYBOOK) playbooks/local-hosts.yml
 	$(PLAYBOOK) playbooks/site.yml
 	$(PLAYBOOK) playbooks/summary.yml
+endif
 
 verify: check-env venv ## Run the testinfra suite against the deployed hosts
-	python -m pytest -p no:cacheprovider --ansible-inventory=$(INVENTORY) tests/infra
+	$(ON_HOSTS) python -m pytest -p no:cacheprovider --ansible-inventory=$(INVENTORY) tests/infra
 
 status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Redis persistence
-	$(PLAYBOOK) playbooks/status.yml
-	python scripts/status.py .cache/status-$(KIT_LOCAL_DEPLOYMENT).json
+	$(ON_HOSTS) $(PLAYBOOK) -e status_report_file=$(STATUS_FILE) playbooks/status.yml
+	python scripts/status.py $(STATUS_FILE)
 
-destroy: check-env venv ## Remove the hosts and the deployment's generated state
+destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
+ifeq ($(ENV),aws)
+	python scripts/aws_deploy.py destroy
+else
 	$(PLAYBOOK) playbooks/local-hosts-destroy.yml
+endif
 
 test: venv ## Lint, unit tests, Terraform checks and the molecule scenarios (each timed)
 	scripts/timed.sh lint $(MAKE) --no-print-directory lint

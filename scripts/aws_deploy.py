@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""make deploy ENV=aws and make destroy ENV=aws.
+
+deploy: check the settings, terraform init and plan, apply after the user
+confirmed (or AUTO_APPROVE=1), wait until every instance passes its EC2
+status checks (a boto3 waiter), then run site.yml and summary.yml over SSH
+through the bastion, with the inventory plugin reading the same tags.
+
+destroy: check the settings, show what terraform would destroy, destroy
+after confirmation, then remove the deployment's generated secrets.
+
+exec COMMAND...: run a command (make verify, status, migrate) with the
+environment the aws inventory reads (region, tags, bastion address).
+
+The settings come from the environment (the Makefile exports them) and from
+terraform/terraform.tfvars, Terraform's own settings file:
+
+  AWS_REGION (or AWS_DEFAULT_REGION, or the profile's region)
+  AWS credentials: anything boto3 and the AWS provider accept
+  OPERATOR_CIDR or operator_cidr in terraform.tfvars
+  KEY_NAME or key_name in terraform.tfvars
+  AWS_ENVIRONMENT (default dev): Environment tag and Terraform workspace
+  PROJECT (default celery-kit): Project tag
+
+Every missing or wrong setting is reported before Terraform runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+
+ROOT = Path(__file__).resolve().parent.parent
+TERRAFORM = [str(ROOT / "scripts" / "terraform.sh")]
+TFVARS = ROOT / "terraform" / "terraform.tfvars"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
+WAIT_DELAY_SECONDS = 15
+WAIT_MAX_ATTEMPTS = 40
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; nothing has been changed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str
+    environment: str
+    project: str
+
+    @property
+    def kit_environment(self) -> str:
+        """Name of the deployment's state directory (.state/<name>)."""
+        return f"aws-{self.project}-{self.environment}"
+
+
+def tfvars_value(name: str, text: str) -> str | None:
+    """A string variable from terraform.tfvars (name = "value" lines)."""
+    match = re.search(rf'^\s*{re.escape(name)}\s*=\s*"([^"]*)"', text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def check_operator_cidr(value: str) -> None:
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise SettingsError(f"operator CIDR {value!r} is not a CIDR such as 203.0.113.7/32") from None
+    if network.prefixlen == 0:
+        raise SettingsError(
+            f"operator CIDR {value} would open SSH and the API to the whole internet; "
+            "give your own address range, e.g. your public address with /32"
+        )
+
+
+def read_settings(environ: dict[str, str], tfvars_text: str, boto3_session) -> Settings:
+    """Check every setting; raise SettingsError naming the first problem."""
+    problems = []
+    # terraform.tfvars wins over TF_VAR_* variables, as in Terraform.
+    region = (
+        tfvars_value("region", tfvars_text)
+        or environ.get("AWS_REGION")
+        or environ.get("AWS_DEFAULT_REGION")
+        or boto3_session.region_name
+    )
+    if not region:
+        problems.append("no AWS region: set AWS_REGION (e.g. make deploy ENV=aws AWS_REGION=eu-west-1)")
+    try:
+        credentials = boto3_session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:
+        problems.append(f"the AWS credentials are unusable: {error}")
+        credentials = True
+    if credentials is None:
+        problems.append(
+            "no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or run aws configure / aws sso login"
+        )
+    operator_cidr = tfvars_value("operator_cidr", tfvars_text) or environ.get("TF_VAR_operator_cidr")
+    if not operator_cidr:
+        problems.append(
+            "no operator CIDR: set OPERATOR_CIDR to the address range allowed to reach SSH and the API "
+            "(e.g. OPERATOR_CIDR=203.0.113.7/32), or operator_cidr in terraform/terraform.tfvars"
+        )
+    else:
+        try:
+            check_operator_cidr(operator_cidr)
+        except SettingsError as error:
+            problems.append(str(error))
+    if not (tfvars_value("key_name", tfvars_text) or environ.get("TF_VAR_key_name")):
+        problems.append(
+            "no EC2 key pair: set KEY_NAME to the name of a key pair in the region whose private key "
+            "your ssh-agent (or SSH_KEY) holds, or key_name in terraform/terraform.tfvars"
+        )
+    environment = tfvars_value("environment", tfvars_text) or environ.get("TF_VAR_environment") or "dev"
+    project = tfvars_value("project", tfvars_text) or environ.get("TF_VAR_project") or "celery-kit"
+    for label, value in (("AWS_ENVIRONMENT", environment), ("PROJECT", project)):
+        if not NAME_PATTERN.match(value):
+            problems.append(f"{label}={value!r}: use lower-case letters, digits and dashes, starting with a letter")
+    if problems:
+        raise SettingsError("\n".join(f"  - {problem}" for problem in problems))
+    return Settings(region=region, environment=environment, project=project)
+
+
+def step(message: str) -> None:
+    print(f"\n=== {message}", flush=True)
+
+
+def run(command: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=env, cwd=ROOT, check=check)
+
+
+def terraform_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TF_VAR_region=settings.region,
+        TF_VAR_environment=settings.environment,
+        TF_VAR_project=settings.project,
+        TF_IN_AUTOMATION="1",
+    )
+    return env
+
+
+def select_workspace(settings: Settings, env: dict[str, str]) -> None:
+    """One Terraform workspace (and state) per environment."""
+    run([*TERRAFORM, "init", "-input=false"], env)
+    run([*TERRAFORM, "workspace", "select", "-or-create=true", settings.environment], env)
+
+
+def confirmed(question: str, auto_approve: bool) -> bool:
+    if auto_approve:
+        print(f"{question} yes (AUTO_APPROVE=1)")
+        return True
+    if not sys.stdin.isatty():
+        raise SettingsError(f"{question} needs an answer: run in a terminal, or set AUTO_APPROVE=1")
+    return input(f"{question} Type yes to go on: ").strip() == "yes"
+
+
+def terraform_outputs(env: dict[str, str]) -> dict:
+    output = subprocess.run(
+        [*TERRAFORM, "output", "-json"], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    return {name: value["value"] for name, value in json.loads(output).items()}
+
+
+def wait_for_status_checks(instance_ids: list[str], region: str) -> None:
+    """Block until every instance passes both EC2 status checks."""
+    step(f"Waiting for {len(instance_ids)} instances to pass their status checks")
+    waiter = boto3.client("ec2", region_name=region).get_waiter("instance_status_ok")
+    waiter.wait(
+        InstanceIds=instance_ids,
+        IncludeAllInstances=True,
+        WaiterConfig={"Delay": WAIT_DELAY_SECONDS, "MaxAttempts": WAIT_MAX_ATTEMPTS},
+    )
+    print("all instances passed their status checks")
+
+
+def ansible_env(settings: Settings, outputs: dict) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        AWS_REGION=settings.region,
+        KIT_PROJECT=settings.project,
+        KIT_AWS_ENVIRONMENT=settings.environment,
+        KIT_BASTION_HOST=outputs["bastion_public_ip"],
+    )
+    return env
+
+
+def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
+    env = terraform_env(settings)
+    step(f"Terraform: workspace {settings.environment} in {settings.region}")
+    select_workspace(settings, env)
+    plan_file = ROOT / ".cache" / f"aws-{settings.environment}.tfplan"
+    plan_file.parent.mkdir(exist_ok=True)
+    step("Terraform: plan")
+    plan = run(
+        [*TERRAFORM, "plan", "-input=false", "-detailed-exitcode", f"-out={plan_file}"],
+        env,
+        check=False,
+    )
+    if plan.returncode == 1:
+        return 1
+    if plan.returncode == 2:
+        if not confirmed("Apply this plan?", auto_approve):
+            print("Nothing applied.")
+            return 1
+        step("Terraform: apply")
+        run([*TERRAFORM, "apply", "-input=false", str(plan_file)], env)
+    else:
+        print("The infrastructure matches the configuration; nothing to apply.")
+    outputs = terraform_outputs(env)
+    wait_for_status_checks(outputs["instance_ids"], settings.region)
+    if provision_only:
+        return 0
+    env = ansible_env(settings, outputs)
+    inventory = ["-i", "inventories/aws"]
+    step(f"Ansible: waiting for SSH through the bastion {outputs['bastion_public_ip']}")
+    run(["ansible", *inventory, "all", "-m", "ansible.builtin.wait_for_connection", "-a", "timeout=600"], env)
+    step("Ansible: site.yml")
+    run(["ansible-playbook", *inventory, "playbooks/site.yml"], env)
+    run(["ansible-playbook", *inventory, "playbooks/summary.yml"], env)
+    return 0
+
+
+def destroy(settings: Settings, auto_approve: bool) -> int:
+    env = terraform_env(settings)
+    step(f"Terraform: workspace {settings.environment} in {settings.region}")
+    select_workspace(settings, env)
+    step("Terraform: what destroy removes")
+    plan = run([*TERRAFORM, "plan", "-destroy", "-input=false", "-detailed-exitcode"], env, check=False)
+    if plan.returncode == 1:
+        return 1
+    if plan.returncode == 2:
+        if not confirmed(f"Destroy every resource of {settings.project}/{settings.environment}?", auto_approve):
+            print("Nothing destroyed.")
+            return 1
+        run([*TERRAFORM, "apply", "-destroy", "-input=false", "-auto-approve"], env)
+    state_dir = ROOT / ".state" / settings.kit_environment
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+        print(f"removed {state_dir.relative_to(ROOT)} (the deployment's generated secrets)")
+    return 0
+
+
+def run_with_inventory_env(settings: Settings, command: list[str]) -> int:
+    """Run a command (verify, status, migrate) with the inventory's settings."""
+    env = terraform_env(settings)
+    subprocess.run([*TERRAFORM, "init", "-input=false"], env=env, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [*TERRAFORM, "workspace", "select", settings.environment], env=env, cwd=ROOT, check=True, capture_output=True
+    )
+    outputs = terraform_outputs(env)
+    if "bastion_public_ip" not in outputs:
+        raise SettingsError(f"  - {settings.project}/{settings.environment} is not deployed: run make deploy ENV=aws")
+    return subprocess.run(command, env=ansible_env(settings, outputs), cwd=ROOT, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["check", "deploy", "destroy", "exec"])
+    parser.add_argument(
+        "--provision-only", action="store_true", help="deploy: Terraform and the status-check wait, no Ansible"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="exec: the command to run")
+    args = parser.parse_args(argv)
+    auto_approve = os.environ.get("AUTO_APPROVE", "") in ("1", "yes", "true")
+    try:
+        tfvars_text = TFVARS.read_text() if TFVARS.exists() else ""
+        settings = read_settings(dict(os.environ), tfvars_text, boto3.Session())
+        print(f"AWS deployment {settings.project}/{settings.environment} in {settings.region}")
+        if args.action == "check":
+            return 0
+        if args.action == "exec":
+            return run_with_inventory_env(settings, args.command)
+        if args.action == "deploy":
+            return deploy(settings, auto_approve, args.provision_only)
+        return destroy(settings, auto_approve)
+    except SettingsError as error:
+        print(f"error: the AWS settings are incomplete; nothing was changed:\n{error}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as error:
+        print(f"error: {' '.join(error.cmd)} failed (exit {error.returncode})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""make deploy ENV=aws refuses incomplete settings before Terraform runs.
+
+The script runs for real (subprocess) with a controlled environment: no
+credentials file, no instance metadata lookup, no terraform.tfvars.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "aws_deploy.py"
+
+
+def run(action: str, tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **settings,
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), action],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+COMPLETE = {
+    "AWS_REGION": "eu-west-1",
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "example",
+    "TF_VAR_operator_cidr": "203.0.113.7/32",
+    "TF_VAR_key_name": "ops",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_user_tfvars():
+    if (ROOT / "terraform" / "terraform.tfvars").exists():
+        pytest.skip("terraform/terraform.tfvars exists on this machine; these checks need the repository's defaults")
+
+
+def test_complete_settings_are_accepted(tmp_path):
+    result = run("check", tmp_path, **COMPLETE)
+    assert result.returncode == 0, result.stderr
+    assert "celery-kit/dev in eu-west-1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("AWS_REGION", "no AWS region: set AWS_REGION"),
+        ("AWS_ACCESS_KEY_ID", "no AWS credentials"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS credentials are unusable"),
+        ("TF_VAR_operator_cidr", "no operator CIDR: set OPERATOR_CIDR"),
+        ("TF_VAR_key_name", "no EC2 key pair: set KEY_NAME"),
+    ],
+)
+def test_deploy_names_the_missing_setting_before_terraform_runs(tmp_path, missing, message):
+    settings = {name: value for name, value in COMPLETE.items() if name != missing}
+    result = run("deploy", tmp_path, **settings)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert "Terraform" not in result.stdout
+
+
+def test_everything_missing_is_reported_at_once(tmp_path):
+    result = run("destroy", tmp_path)
+    assert result.returncode == 2
+    for message in ("no AWS region", "no AWS credentials", "no operator CIDR", "no EC2 key pair"):
+        assert message in result.stderr
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "not-a-cidr", "10.0.0.0/33"])
+def test_open_or_malformed_operator_cidr_is_refused(tmp_path, cidr):
+    result = run("deploy", tmp_path, **{**COMPLETE, "TF_VAR_operator_cidr": cidr})
+    assert result.returncode == 2
+    assert "operator CIDR" in result.stderr
+    assert "Terraform" not in result.stdout
+
+
+def test_environment_names_are_checked(tmp_path):
+    result = run("deploy", tmp_path, **{**COMPLETE, "TF_VAR_environment": "Prod_1"})
+    assert result.returncode == 2
+    assert "AWS_ENVIRONMENT='Prod_1'" in result.stderr
