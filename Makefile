@@ -19,6 +19,8 @@ PROJECT ?=
 OPERATOR_CIDR ?=
 KEY_NAME ?=
 AUTO_APPROVE ?=
+# make migrate / rollback-broker: DRY_RUN=1 prints the plan only.
+DRY_RUN ?=
 export AUTO_APPROVE
 $(if $(AWS_ENVIRONMENT),$(eval export TF_VAR_environment := $(AWS_ENVIRONMENT)))
 $(if $(PROJECT),$(eval export TF_VAR_project := $(PROJECT)))
@@ -47,11 +49,11 @@ PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 ON_HOSTS := $(if $(filter aws,$(ENV)),python scripts/aws_deploy.py exec)
 STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
 
-.PHONY: help venv deploy verify status destroy test lint unit terraform molecule clean check-env
+.PHONY: help venv deploy verify status migrate rollback-broker destroy test lint unit terraform molecule clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## Create .venv with the pinned tools
 
@@ -77,6 +79,17 @@ verify: check-env venv ## Run the testinfra suite against the deployed hosts
 status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Redis persistence
 	$(ON_HOSTS) $(PLAYBOOK) -e status_report_file=$(STATUS_FILE) playbooks/status.yml
 	python scripts/status.py $(STATUS_FILE)
+
+MIGRATE := $(ON_HOSTS) $(PLAYBOOK) $(if $(filter 1 yes true,$(DRY_RUN)),-e migration_dry_run=true) playbooks/migrate-broker.yml
+
+migrate: check-env venv ## Move the deployment from the Redis broker to RabbitMQ, losing no task (DRY_RUN=1: plan only)
+ifeq ($(ENV),local)
+	$(if $(filter 1 yes true,$(DRY_RUN)),,$(PLAYBOOK) -e '{"local_groups": ["rabbitmq"]}' -e local_rabbitmq_hosts=$(or $(RABBITMQ_HOSTS),1) playbooks/local-hosts.yml)
+endif
+	$(MIGRATE) -e migration_target=rabbitmq
+
+rollback-broker: check-env venv ## Move the deployment back from RabbitMQ to the Redis broker (DRY_RUN=1: plan only)
+	$(MIGRATE) -e migration_target=redis
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)
