@@ -1,0 +1,110 @@
+"""Load and bookkeeping for the migration scenario, run inside the hosts.
+
+Copied into a container and run with the app's venv python:
+
+  load.py submit SPEC IDS      post every submission of SPEC (JSON list) to the
+                               API on 127.0.0.1:8000; append the ids to IDS
+  load.py steady IDS STOP RATE post add() RATE times a second until the file
+                               STOP exists; append ids, count refusals
+  load.py check IDS            on a worker host: which ids have not run (no
+                               taskapp:done:<id> in Redis db 2), duplicates
+
+Each prints one JSON summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import redis
+
+API = "http://127.0.0.1:8000/tasks"
+
+
+def post(body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        API, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (fixed http URL)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, {"error": error.read().decode(errors="replace")}
+    except OSError as error:
+        return 0, {"error": str(error)}
+
+
+def submit(spec_path: str, ids_path: str) -> dict:
+    with open(spec_path, encoding="utf-8") as spec_file:
+        spec = json.load(spec_file)
+    failures: dict[str, int] = {}
+    with open(ids_path, "a", encoding="utf-8") as ids:
+        for body in spec:
+            status, reply = post(body)
+            if status == 202:
+                ids.write(reply["id"] + "\n")
+            else:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+    return {"submitted": len(spec), "failures": failures}
+
+
+def steady(ids_path: str, stop_path: str, rate: float) -> dict:
+    accepted = 0
+    failures: dict[str, int] = {}
+    started = time.monotonic()
+    with open(ids_path, "a", encoding="utf-8") as ids:
+        while not os.path.exists(stop_path):
+            status, reply = post({"task": "add", "args": [accepted, 1]})
+            if status == 202:
+                accepted += 1
+                ids.write(reply["id"] + "\n")
+                ids.flush()
+            else:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+            time.sleep(1 / rate)
+    return {"accepted": accepted, "failures": failures, "seconds": round(time.monotonic() - started, 1)}
+
+
+def check(ids_path: str) -> dict:
+    with open(os.environ["TASKAPP_CONFIG"], encoding="utf-8") as config_file:
+        config = json.load(config_file)
+    locks = redis.Redis.from_url(config["locks_url"])
+    with open(ids_path, encoding="utf-8") as ids_file:
+        ids = [line.strip() for line in ids_file if line.strip()]
+    missing = []
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        with locks.pipeline(transaction=False) as pipe:
+            for task_id in chunk:
+                pipe.exists(f"taskapp:done:{task_id}")
+            missing += [task_id for task_id, done in zip(chunk, pipe.execute(), strict=True) if not done]
+    duplicates = {key.decode(): int(value) for key, value in locks.hgetall("taskapp:duplicates").items()}
+    return {
+        "submitted": len(ids),
+        "unique": len(set(ids)),
+        "missing": len(missing),
+        "missing_sample": missing[:10],
+        "duplicate_executions_skipped": sum(duplicates.values()),
+    }
+
+
+def main() -> None:
+    action, *args = sys.argv[1:]
+    if action == "submit":
+        result = submit(*args)
+    elif action == "steady":
+        result = steady(args[0], args[1], float(args[2]))
+    elif action == "check":
+        result = check(args[0])
+    else:
+        raise SystemExit(f"unknown action {action}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

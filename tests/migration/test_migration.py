@@ -1,0 +1,187 @@
+"""Molecule scenario "migration": a Redis-broker deployment moved to RabbitMQ
+under load, with an interrupted move, and moved back.
+
+The deployment (made by molecule's create and converge) runs on the Redis
+broker. The tests then do what make migrate and make rollback-broker do, with
+the same playbooks, while a submitter keeps posting to the API, and prove
+that every accepted task id ran (each run is recorded in Redis db 2).
+The tests run in file order; each builds on the one before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = os.environ.get("KIT_LOCAL_DEPLOYMENT", "migration")
+STATE = ROOT / ".state" / DEPLOYMENT
+APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
+LOAD = "/root/load.py"
+IDS = "/root/ids.txt"
+STEADY_IDS = "/root/steady-ids.txt"
+STOP = "/root/stop"
+COUNTDOWN = 180
+INTERRUPT_AFTER = 40
+
+
+def container(group: str, index: int = 1) -> str:
+    return f"ck-{DEPLOYMENT}-{group}-{index}"
+
+
+def sh(name: str, command: str, check: bool = True, timeout: float = 600) -> str:
+    result = subprocess.run(
+        ["docker", "exec", name, "bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name}: {command} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def playbook(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Run a playbook against this deployment, as make would; print its tail."""
+    command = ["ansible-playbook", "-i", "inventories/local", "-e", "local_publish_ports=false", *args]
+    env = dict(os.environ, KIT_LOCAL_DEPLOYMENT=DEPLOYMENT, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    print(f"$ {' '.join(args)}  (exit {result.returncode}, {time.monotonic() - started:.0f}s)")
+    print("\n".join(result.stdout.splitlines()[-60:]))
+    return result
+
+
+def migrate(target: str, *args: str) -> subprocess.CompletedProcess:
+    return playbook("-e", f"migration_target={target}", *args, "playbooks/migrate-broker.yml")
+
+
+def api_broker() -> str:
+    return json.loads(sh(container("api"), "curl -s -m 5 http://127.0.0.1:8000/healthz"))["broker"]
+
+
+def load(name: str, *args: str) -> dict:
+    return json.loads(sh(name, f"{APP} {LOAD} {' '.join(args)}").strip().splitlines()[-1])
+
+
+def wait_until_all_ran(ids_file: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = load(container("workers"), "check", ids_file)
+        if report["missing"] == 0 or time.monotonic() > deadline:
+            return report
+        time.sleep(5)
+
+
+def rabbitmq_app_messages() -> int:
+    out = sh(container("rabbitmq"), "rabbitmqctl -q --formatter json list_queues -p /celery name messages")
+    return sum(queue["messages"] for queue in json.loads(out) if queue["name"] != "dead-letter")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def load_script():
+    for group in ("api", "workers"):
+        script = str(Path(__file__).with_name("load.py"))
+        subprocess.run(["docker", "cp", script, f"{container(group)}:{LOAD}"], check=True)
+
+
+def test_the_deployment_starts_on_redis():
+    assert api_broker() == "redis"
+    assert (STATE / "broker").read_text() == "redis"
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing():
+    # A few tasks run first, so the plan has results and messages to count.
+    sh(container("api"), f"{APP} {LOAD} steady /root/dry-ids.txt /root/dry-stop 5 & sleep 3; touch /root/dry-stop")
+    result = migrate("rabbitmq", "-e", "migration_dry_run=true")
+    assert result.returncode == 0
+    assert "Moving the broker from redis to rabbitmq" in result.stdout
+    assert "Dry run" in result.stdout
+    assert api_broker() == "redis"
+    assert (STATE / "broker").read_text() == "redis"
+    assert not (STATE / "migration").exists()
+
+
+def test_migration_under_load_with_an_interrupted_move_loses_no_task():
+    # make migrate, part 1: the RabbitMQ host of a Redis-broker deployment.
+    rabbitmq_host = playbook(
+        "-e", '{"local_groups": ["rabbitmq"]}', "-e", "local_rabbitmq_hosts=1", "playbooks/local-hosts.yml"
+    )
+    assert rabbitmq_host.returncode == 0
+
+    # A backlog: long tasks that keep every worker slot busy, quick ones
+    # behind them, emails, urgent ones, and countdown tasks due after the switch.
+    spec = (
+        [{"task": "process_task", "args": [{"seconds": 20}]} for _ in range(16)]
+        + [{"task": "add", "args": [i, 1], "countdown": COUNTDOWN} for i in range(100)]
+        + [{"task": "process_task", "args": [{"seconds": 0.2, "n": i}]} for i in range(1500)]
+        + [{"task": "send_welcome_email", "args": [f"user{i}@example.com"]} for i in range(200)]
+        + [{"task": "process_task", "args": [{"seconds": 0.1}], "queue": "priority", "priority": 9} for _ in range(200)]
+    )
+    sh(container("api"), f"cat > /root/spec.json <<'EOF'\n{json.dumps(spec)}\nEOF")
+    submitted = load(container("api"), "submit", "/root/spec.json", IDS)
+    assert submitted["failures"] == {}, submitted
+
+    # A worker process dies holding reserved and countdown tasks: they stay
+    # in kombu's unacked hash, which celery migrate would leave behind.
+    time.sleep(3)
+    sh(container("workers", 2), "systemctl kill --signal=KILL taskapp-worker@1.service")
+
+    # Submissions keep coming during the whole migration.
+    steady_command = f"{APP} {LOAD} steady {STEADY_IDS} {STOP} 10 > /root/steady.json"
+    sh(container("api"), f"rm -f {STOP}; nohup sh -c '{steady_command}' >/dev/null 2>&1 &")
+
+    # The move dies after publishing some messages, before deleting them.
+    failing_mover = json.dumps({"migration_mover_arguments": ["--fail-after-publish", str(INTERRUPT_AFTER)]})
+    interrupted = migrate("rabbitmq", "-e", failing_mover)
+    assert interrupted.returncode != 0, "the move was told to fail and did not"
+    assert (STATE / "migration").read_text() == "rabbitmq"
+
+    # Run again: it goes on from where it stopped.
+    finished = migrate("rabbitmq")
+    assert finished.returncode == 0
+    assert "possible duplicates" in finished.stdout.lower()
+
+    sh(container("api"), f"touch {STOP}; sleep 3; cat /root/steady.json")
+    steady = json.loads(sh(container("api"), "cat /root/steady.json"))
+    print("submitter during the migration:", steady)
+    assert steady["accepted"] > 0
+    assert steady["failures"] == {}, f"submissions failed during the switch: {steady['failures']}"
+
+    assert api_broker() == "rabbitmq"
+    assert (STATE / "broker").read_text() == "rabbitmq"
+    assert not (STATE / "migration").exists()
+    auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf)"
+    dbsize = sh(container("redis"), f"{auth} redis-cli -n 0 DBSIZE")
+    assert dbsize.strip() == "0", "broker keys are left in Redis db 0"
+
+    sh(container("api"), f"cat {STEADY_IDS} >> {IDS}")
+    report = wait_until_all_ran(IDS, timeout=COUNTDOWN + 420)
+    print("executions:", report)
+    assert report["unique"] == report["submitted"]
+    assert report["missing"] == 0, f"{report['missing']} accepted tasks never ran, e.g. {report['missing_sample']}"
+
+
+def test_rollback_moves_back_to_redis_losing_no_task():
+    spec = [{"task": "add", "args": [i, 2], "countdown": 20} for i in range(50)] + [
+        {"task": "process_task", "args": [{"seconds": 0.2}]} for _ in range(300)
+    ]
+    sh(container("api"), f"cat > /root/spec2.json <<'EOF'\n{json.dumps(spec)}\nEOF")
+    sh(container("api"), f"rm -f {IDS}.2")
+    assert load(container("api"), "submit", "/root/spec2.json", f"{IDS}.2")["failures"] == {}
+
+    result = migrate("redis")
+    assert result.returncode == 0
+    assert api_broker() == "redis"
+    assert (STATE / "broker").read_text() == "redis"
+    assert rabbitmq_app_messages() == 0
+
+    report = wait_until_all_ran(f"{IDS}.2", timeout=300)
+    print("executions after the rollback:", report)
+    assert report["missing"] == 0, f"{report['missing']} tasks never ran, e.g. {report['missing_sample']}"
