@@ -127,3 +127,20 @@ variable "detailed_monitoring" {
   type        = bool
   default     = false
 }
+
+variable "flow_logs" {
+  description = "VPC flow logs (accepted and rejected traffic) to CloudWatch Logs, for the VPC the kit creates (not for an existing vpc_id). Billed by CloudWatch Logs per GB."
+  type        = bool
+  default     = true
+}
+
+variable "flow_log_retention_days" {
+  description = "Days CloudWatch Logs keeps the VPC flow logs (one of the values CloudWatch Logs accepts)."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.flow_log_retention_days)
+    error_message = "flow_log_retention_days must be one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}

@@ -11,6 +11,31 @@ mock_provider "aws" {
       id = "ami-0123456789abcdef0"
     }
   }
+
+  mock_data "aws_caller_identity" {
+    defaults = {
+      account_id = "123456789012"
+    }
+  }
+
+  mock_data "aws_partition" {
+    defaults = {
+      partition = "aws"
+    }
+  }
+
+  # The flow log checks that these are ARNs.
+  mock_resource "aws_cloudwatch_log_group" {
+    defaults = {
+      arn = "arn:aws:logs:eu-west-1:123456789012:log-group:/celery-kit/dev/vpc-flow-logs"
+    }
+  }
+
+  mock_resource "aws_iam_role" {
+    defaults = {
+      arn = "arn:aws:iam::123456789012:role/celery-kit-dev-flow-logs"
+    }
+  }
 }
 
 variables {
@@ -98,6 +123,66 @@ run "security_groups_are_least_privilege" {
   assert {
     condition     = length(aws_default_security_group.locked[0].ingress) == 0 && length(aws_default_security_group.locked[0].egress) == 0
     error_message = "the VPC's default security group allows nothing"
+  }
+  assert {
+    condition = alltrue([for rule in concat(
+      values(aws_vpc_security_group_ingress_rule.ssh_from_bastion), values(aws_vpc_security_group_ingress_rule.service),
+      [aws_vpc_security_group_ingress_rule.bastion_ssh_from_operator, aws_vpc_security_group_ingress_rule.api_from_operator],
+      values(aws_vpc_security_group_egress_rule.host), [aws_vpc_security_group_egress_rule.bastion_to_vpc],
+    ) : rule.description != "" && rule.tags["Purpose"] == rule.description && startswith(rule.tags["Name"], "celery-kit-dev-")])
+    error_message = "every rule explains itself in its description and in its Name and Purpose tags (moto keeps only the tags of group-referencing rules)"
+  }
+  assert {
+    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 8
+    error_message = "every service rule has a Name of its own"
+  }
+}
+
+run "vpc_flow_logs_go_to_cloudwatch" {
+  command = apply
+
+  assert {
+    condition     = aws_flow_log.vpc[0].vpc_id == aws_vpc.this[0].id && aws_flow_log.vpc[0].traffic_type == "ALL"
+    error_message = "the kit's VPC logs accepted and rejected traffic"
+  }
+  assert {
+    condition     = aws_flow_log.vpc[0].log_destination == aws_cloudwatch_log_group.flow_logs[0].arn && aws_cloudwatch_log_group.flow_logs[0].retention_in_days == 365
+    error_message = "flow logs go to their own log group, kept a year"
+  }
+  assert {
+    condition = alltrue([for statement in jsondecode(aws_iam_role_policy.flow_logs[0].policy).Statement :
+    statement.Resource != "*" && !contains(flatten([statement.Action]), "logs:*")])
+    error_message = "the flow logs role writes to its log group only"
+  }
+  assert {
+    condition     = jsondecode(aws_iam_role.flow_logs[0].assume_role_policy).Statement[0].Condition.StringEquals["aws:SourceAccount"] == "123456789012"
+    error_message = "only this account's flow logs may assume the role"
+  }
+}
+
+run "no_flow_logs_when_turned_off" {
+  command = plan
+
+  variables {
+    flow_logs = false
+  }
+
+  assert {
+    condition     = length(aws_flow_log.vpc) == 0 && length(aws_cloudwatch_log_group.flow_logs) == 0 && length(aws_iam_role.flow_logs) == 0
+    error_message = "flow_logs = false creates no flow log, log group or role"
+  }
+}
+
+run "an_existing_vpc_keeps_its_own_flow_log_settings" {
+  command = plan
+
+  variables {
+    vpc_id = "vpc-0123456789abcdef0"
+  }
+
+  assert {
+    condition     = length(aws_flow_log.vpc) == 0 && length(aws_vpc.this) == 0
+    error_message = "with vpc_id the kit creates no VPC and no flow log"
   }
 }
 

@@ -138,7 +138,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     sh(container("api"), f"rm -f {STOP}; nohup sh -c '{steady_command}' >/dev/null 2>&1 &")
 
     # The move dies after publishing some messages, before deleting them.
-    failing_mover = json.dumps({"migration_mover_arguments": ["--fail-after-publish", str(INTERRUPT_AFTER)]})
+    failing_mover = json.dumps({"migration_mover_test_arguments": ["--fail-after-publish", str(INTERRUPT_AFTER)]})
     interrupted = migrate("rabbitmq", "-e", failing_mover)
     assert interrupted.returncode != 0, "the move was told to fail and did not"
     assert (STATE / "migration").read_text() == "rabbitmq"
