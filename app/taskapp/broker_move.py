@@ -1,0 +1,1038 @@
+"""Move queued Celery messages between kombu's Redis transport and RabbitMQ.
+
+`make migrate` moves a running deployment's broker from Redis (db 0) to
+RabbitMQ, `make rollback-broker` moves it back. The messages already queued
+must follow without being lost or run twice in effect; this module moves
+them, one broker's wire format into the other's:
+
+    python -m taskapp.broker_move plan --config PATH --direction redis-to-rabbitmq
+    python -m taskapp.broker_move move --config PATH --direction redis-to-rabbitmq
+    python -m taskapp.broker_move verify --config PATH --direction redis-to-rabbitmq
+    python -m taskapp.broker_move cleanup-redis --config PATH
+
+Every command prints JSON, one object per line (progress lines while moving,
+then a summary with "event": "summary"), and exits 0 when done, 1 when
+`verify` or `cleanup-redis` found app messages left, 2 on an error (the line
+then has "event": "error" and the message is also written to stderr).
+
+The configuration file (so that no password is on a command line):
+
+    {"redis_url": "redis://:pw@host:6379/0",
+     "amqp_url": "amqp://user:pw@host:5672/%2Fcelery",
+     "queues": [{"name": "default", "exchange": "tasks"}, ...],
+     "dead_letter_queue": "dead-letter"}
+
+How kombu's Redis transport stores a message (kombu/transport/redis.py and
+virtual/base.py), which the translations below follow:
+
+- A queue is a list per priority: `<queue>` for priority 0 and
+  `<queue>:<n>` for n in 1..9 (`_q_for_pri` with priority_steps 0..9 and
+  sep ":"). `_put` LPUSHes, `_get`/BRPOP pop from the right, serving
+  sub-queue 0 first: the right end of a list is its oldest message.
+- Each element is the JSON "envelope" {"body": base64 text, "content-type",
+  "content-encoding", "headers", "properties": {"correlation_id",
+  "reply_to", "delivery_mode", "priority", "body_encoding": "base64",
+  "delivery_tag": a uuid, "delivery_info": {"exchange", "routing_key"}, ...}}.
+- A message a worker holds (reserved, running, or waiting for its ETA) sits
+  in the hash `unacked` (delivery tag -> JSON [envelope, exchange,
+  routing_key]) and the sorted set `unacked_index` (tag -> delivery time).
+
+Celery publishes a task to a direct exchange's queue through the default
+exchange with the queue's name as routing key (that is what both brokers
+hold: "exchange": "", "routing_key": "default"), so the mover does the same
+in both directions: deterministic, and independent of bindings.
+
+Priorities: the API's 0..9 (9 most urgent) are stored as 9 - p on Redis and
+as p on RabbitMQ (taskapp.app.broker_priority). A moved message's priority is
+9 minus its priority on the other broker, clamped to 0..9 as kombu clamps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import amqp
+import redis
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+DIRECTIONS = ("redis-to-rabbitmq", "rabbitmq-to-redis")
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+SEP = ":"
+
+# kombu's own keys in the broker database (Channel.unacked_key and friends,
+# Channel.keyprefix_queue and the binding tables of kombu 5.7).
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+UNACKED_MUTEX_KEY = "unacked_mutex"
+KOMBU_KEY_PATTERNS = ("_kombu.*", UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
+
+# The mover's journal, in the broker database too (db 0).
+JOURNAL_PREFIX = "taskapp:migration:"
+INFLIGHT_KEY = JOURNAL_PREFIX + "inflight:{queue}"
+UNMOVABLE_KEY = JOURNAL_PREFIX + "unmovable"
+MOVED_KEY = JOURNAL_PREFIX + "moved"
+LOCK_KEY = JOURNAL_PREFIX + "lock"
+LOCK_SECONDS = 60
+MOVED_KEEP_SECONDS = 7 * 86400
+
+DEFAULT_BATCH = 500
+PROGRESS_EVERY_MESSAGES = 5000
+PROGRESS_EVERY_SECONDS = 5.0
+CONFIRM_TIMEOUT_SECONDS = 60.0
+CRASH_EXIT_CODE = 70
+CLIENT_NAME = "taskapp-broker-move"
+
+# AMQP basic properties carried over besides content type and encoding,
+# headers, delivery mode and priority. user_id is left out: RabbitMQ refuses
+# a user_id other than the publishing connection's user.
+CARRIED_PROPERTIES = ("correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type", "app_id")
+
+
+class MoveError(Exception):
+    """Something the operator must fix; the message says what."""
+
+
+class UnmovableMessage(MoveError):
+    """A Redis element that is not a kombu envelope the mover can translate."""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """An app queue, as in kit_queues."""
+
+    name: str
+    exchange: str = "tasks"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The mover's configuration file."""
+
+    redis_url: str
+    amqp_url: str
+    queues: tuple[QueueSpec, ...]
+    dead_letter_queue: str
+
+
+@dataclass(frozen=True)
+class AmqpMessage:
+    """What to publish to RabbitMQ: body, py-amqp properties and where to."""
+
+    body: bytes
+    properties: dict[str, Any]
+    exchange: str
+    routing_key: str
+
+
+# --------------------------------------------------------------------------
+# Configuration
+
+
+def load_settings(path: str) -> Settings:
+    """Read the JSON configuration, naming the key that is wrong."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise MoveError(f"cannot read configuration {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise MoveError(f"configuration {path} must hold a JSON object")
+    required = {"redis_url", "amqp_url", "queues", "dead_letter_queue"}
+    missing, unknown = sorted(required - set(raw)), sorted(set(raw) - required)
+    if missing or unknown:
+        raise MoveError(f"configuration {path}: missing keys {missing}, unknown keys {unknown}")
+    for key in ("redis_url", "amqp_url", "dead_letter_queue"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise MoveError(f"configuration {path}: {key} must be a non-empty string")
+    if not isinstance(raw["queues"], list) or not raw["queues"]:
+        raise MoveError(f"configuration {path}: queues must be a non-empty list")
+    queues = []
+    for entry in raw["queues"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise MoveError(f"configuration {path}: every queue needs a name, got {entry!r}")
+        queues.append(QueueSpec(name=entry["name"], exchange=entry.get("exchange", "tasks")))
+    if raw["dead_letter_queue"] in {queue.name for queue in queues}:
+        raise MoveError(f"configuration {path}: the dead-letter queue is not an app queue")
+    return Settings(raw["redis_url"], raw["amqp_url"], tuple(queues), raw["dead_letter_queue"])
+
+
+# --------------------------------------------------------------------------
+# Translation (pure functions)
+
+
+def clamp_priority(value: Any) -> int:
+    """A priority as kombu reads one (_get_message_priority): 0..9, else 0."""
+    try:
+        return max(PRIORITY_MIN, min(int(value), PRIORITY_MAX))
+    except (TypeError, ValueError):
+        return PRIORITY_MIN
+
+
+def other_broker_priority(priority: Any) -> int:
+    """The priority on the other broker: the scales run opposite ways."""
+    return PRIORITY_MAX - clamp_priority(priority)
+
+
+def redis_list_key(queue: str, redis_priority: int) -> str:
+    """The list kombu keeps a priority's messages in (Channel._q_for_pri)."""
+    return f"{queue}{SEP}{redis_priority}" if redis_priority else queue
+
+
+def redis_list_keys(queue: str) -> list[str]:
+    """A queue's lists in the order kombu serves them: priority 0 first."""
+    return [redis_list_key(queue, priority) for priority in range(PRIORITY_MIN, PRIORITY_MAX + 1)]
+
+
+def envelope_body(envelope: dict[str, Any]) -> bytes:
+    """The body bytes of a kombu envelope (Channel.decode_body)."""
+    body = envelope.get("body")
+    encoding = (envelope.get("properties") or {}).get("body_encoding")
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        raise UnmovableMessage(f"body is a {type(body).__name__}, not text")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError as exc:
+            raise UnmovableMessage(f"body is not base64: {exc}") from exc
+    if encoding in (None, "utf-8"):
+        return body.encode("utf-8")
+    raise UnmovableMessage(f"unknown body_encoding {encoding!r}")
+
+
+def envelope_to_amqp(envelope: dict[str, Any], queue: str) -> AmqpMessage:
+    """Translate a kombu Redis envelope into the RabbitMQ message to publish.
+
+    Task id, headers (eta, retries, root and parent ids, ...), body, content
+    type and encoding, correlation id and reply-to are kept; the message is
+    persistent; its priority becomes 9 minus the Redis one. kombu's own
+    bookkeeping (delivery_tag, delivery_info, body_encoding) stays behind,
+    and so do properties AMQP has no field for, as a direct publish to
+    RabbitMQ would drop them.
+    """
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
+        raise UnmovableMessage("not a kombu envelope (no properties object)")
+    props = envelope["properties"]
+    headers = envelope.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise UnmovableMessage("headers is not an object")
+    properties: dict[str, Any] = {
+        "content_type": envelope.get("content-type"),
+        "content_encoding": envelope.get("content-encoding"),
+        "application_headers": dict(headers),
+        "delivery_mode": 2,
+        "priority": other_broker_priority(props.get("priority")),
+    }
+    for name in CARRIED_PROPERTIES:
+        if props.get(name) is not None:
+            properties[name] = props[name]
+    properties = {name: value for name, value in properties.items() if value is not None}
+    return AmqpMessage(body=envelope_body(envelope), properties=properties, exchange="", routing_key=queue)
+
+
+def amqp_to_envelope(body: bytes, properties: dict[str, Any], queue: str, delivery_tag: str) -> dict[str, Any]:
+    """Translate a RabbitMQ message into the envelope kombu's Redis `_put` writes.
+
+    The reverse of envelope_to_amqp: the Redis priority is 9 minus the
+    RabbitMQ one (a message without one counts as 0, the lowest), the body is
+    base64 text, and delivery_info names the default exchange and the queue,
+    as Celery's own publish does.
+    """
+    redis_priority = other_broker_priority(properties.get("priority"))
+    props: dict[str, Any] = {}
+    for name in CARRIED_PROPERTIES:
+        value = properties.get(name)
+        if isinstance(value, datetime):
+            value = int(value.replace(tzinfo=value.tzinfo or UTC).timestamp())
+        if value is not None:
+            props[name] = value
+    props.update(
+        delivery_mode=properties.get("delivery_mode") or 2,
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=redis_priority,
+        body_encoding="base64",
+        delivery_tag=delivery_tag,
+    )
+    return {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": properties.get("content_encoding"),
+        "content-type": properties.get("content_type"),
+        "headers": dict(properties.get("application_headers") or {}),
+        "properties": props,
+    }
+
+
+def message_key(body: bytes, headers: dict[str, Any]) -> str:
+    """An id for the rollback journal: the task id plus a digest of the message.
+
+    The digest tells a retry (same task id, other headers) from a redelivery
+    of the very same message.
+    """
+    digest = hashlib.sha256(body + kombu_dumps(headers, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return f"{headers.get('id', '')}:{digest}"
+
+
+def queue_for_route(exchange: str, routing_key: str, queues: tuple[QueueSpec, ...]) -> str | None:
+    """The app queue a delivery went to: by name through the default exchange, or by the queue's own exchange."""
+    for queue in queues:
+        if routing_key == queue.name and exchange in ("", queue.exchange):
+            return queue.name
+    return None
+
+
+def has_eta(envelope: Any) -> bool:
+    """Whether a message waits for a countdown or ETA (Celery's eta header)."""
+    return isinstance(envelope, dict) and bool((envelope.get("headers") or {}).get("eta"))
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+class Reporter:
+    """Prints the JSON lines: progress now and then, a summary at the end."""
+
+    def __init__(self, command: str, direction: str | None, found: int = 0) -> None:
+        self.command = command
+        self.direction = direction
+        self.found = found
+        self.started = time.monotonic()
+        self._last_count = 0
+        self._last_time = self.started
+
+    def emit(self, event: str, **fields: Any) -> None:
+        line = {"event": event, "command": self.command}
+        if self.direction:
+            line["direction"] = self.direction
+        line.update(fields)
+        print(json.dumps(line), flush=True)
+
+    def timing(self, moved: int) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        return {"elapsed": round(elapsed, 3), "rate": round(moved / elapsed, 1) if elapsed > 0 else 0.0}
+
+    def progress(self, moved: int) -> None:
+        """A progress line every 5,000 messages or 5 seconds."""
+        now = time.monotonic()
+        if moved - self._last_count >= PROGRESS_EVERY_MESSAGES or now - self._last_time >= PROGRESS_EVERY_SECONDS:
+            self._last_count, self._last_time = moved, now
+            self.emit("progress", found=self.found, moved=moved, **self.timing(moved))
+
+
+# --------------------------------------------------------------------------
+# Connections
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A Redis client named so the consumer check can tell it from workers."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, client_name=CLIENT_NAME)
+        client.ping()
+    except redis.RedisError as exc:
+        raise MoveError(f"cannot reach Redis: {exc}") from exc
+    return client
+
+
+def amqp_params(url: str) -> dict[str, Any]:
+    """py-amqp connection parameters from an amqp:// URL (vhost %2F-encoded)."""
+    parts = urlsplit(url)
+    if parts.scheme != "amqp" or not parts.hostname:
+        raise MoveError("amqp_url must look like amqp://user:password@host:5672/%2Fvhost")
+    return {
+        "host": f"{parts.hostname}:{parts.port or 5672}",
+        "userid": unquote(parts.username or "guest"),
+        "password": unquote(parts.password or "guest"),
+        "virtual_host": unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
+        "connect_timeout": 5,
+        "read_timeout": 60,
+        "write_timeout": 60,
+    }
+
+
+class Rabbit:
+    """One py-amqp connection and channel.
+
+    publish() uses publisher confirms a batch at a time: the channel is put
+    in confirm mode once, a batch of messages is sent, and the call returns
+    only when RabbitMQ acknowledged every one of them (it raises on a nack,
+    on a message returned as unroutable, or after CONFIRM_TIMEOUT_SECONDS).
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.connection = amqp.Connection(**amqp_params(url))
+            self.connection.connect()
+            self.channel = self.connection.channel()
+        except (OSError, amqp.exceptions.AMQPError) as exc:
+            raise MoveError(f"cannot reach RabbitMQ: {exc}") from exc
+        self._confirming = False
+        self._sent = 0
+        self._unconfirmed: set[int] = set()
+        self._failures: list[str] = []
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except (OSError, amqp.exceptions.AMQPError):
+            pass
+
+    def queue_state(self, name: str) -> tuple[int, int]:
+        """(ready messages, consumers) of an existing queue; never declares one."""
+        try:
+            _, messages, consumers = self.channel.queue_declare(name, passive=True)
+        except amqp.exceptions.NotFound as exc:
+            raise MoveError(f"queue {name!r} does not exist on RabbitMQ (run the rabbitmq role first)") from exc
+        return messages, consumers
+
+    def _start_confirms(self) -> None:
+        self.channel.confirm_select()
+        self.channel.events["basic_ack"].add(self._on_ack)
+        self.channel.events["basic_nack"].add(self._on_nack)
+        self.channel.events["basic_return"].add(self._on_return)
+        self._confirming = True
+
+    def _settle(self, tag: int, multiple: bool) -> set[int]:
+        settled = {sent for sent in self._unconfirmed if sent <= tag} if multiple else {tag}
+        self._unconfirmed -= settled
+        return settled
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle(delivery_tag, multiple)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        settled = self._settle(delivery_tag, multiple)
+        self._failures.append(f"RabbitMQ refused (nack) {len(settled)} message(s)")
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._failures.append(f"RabbitMQ could not route a message to {routing_key!r}: {exc}")
+
+    def publish(self, messages: list[AmqpMessage]) -> None:
+        """Publish persistent, mandatory messages and wait until all are confirmed."""
+        if not self._confirming:
+            self._start_confirms()
+        for message in messages:
+            self.channel.basic_publish(
+                amqp.Message(message.body, **message.properties),
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                mandatory=True,
+            )
+            self._sent += 1
+            self._unconfirmed.add(self._sent)
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
+        while self._unconfirmed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MoveError(f"RabbitMQ did not confirm {len(self._unconfirmed)} message(s) in time")
+            try:
+                self.connection.drain_events(timeout=min(remaining, 1.0))
+            except TimeoutError:
+                continue
+        if self._failures:
+            raise MoveError("; ".join(self._failures))
+
+    def get(self, queue: str) -> amqp.Message | None:
+        """One message, unacknowledged until ack() (basic_get)."""
+        return self.channel.basic_get(queue, no_ack=False)
+
+    def ack_through(self, delivery_tag: int) -> None:
+        """Acknowledge every message got on this channel up to delivery_tag."""
+        self.channel.basic_ack(delivery_tag, multiple=True)
+
+
+# --------------------------------------------------------------------------
+# Redis side: counts, guards, lock
+
+
+def decode(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def scan_keys(client: redis.Redis, pattern: str = "*") -> list[str]:
+    return sorted(decode(key) for key in client.scan_iter(match=pattern, count=1000))
+
+
+def iter_list(client: redis.Redis, key: str, chunk: int = 1000) -> Iterator[bytes]:
+    """The elements of a list, in chunks, without holding it all in memory."""
+    start = 0
+    while True:
+        items = client.lrange(key, start, start + chunk - 1)
+        yield from items
+        if len(items) < chunk:
+            return
+        start += chunk
+
+
+def parse_envelope(raw: bytes | str) -> Any:
+    try:
+        return kombu_loads(decode(raw))
+    except ValueError:
+        return None
+
+
+def unacked_entries(client: redis.Redis) -> Iterator[tuple[str, bytes]]:
+    """(delivery tag, raw entry) of kombu's unacked hash."""
+    for tag, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        yield decode(tag), raw
+
+
+def unacked_route(raw: bytes | str) -> tuple[Any, str, str] | None:
+    """(envelope, exchange, routing key) of an unacked entry, None if unreadable."""
+    entry = parse_envelope(raw)
+    if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], str) and isinstance(entry[2], str):
+        return entry[0], entry[1], entry[2]
+    return None
+
+
+def redis_counts(client: redis.Redis, queues: tuple[QueueSpec, ...], count_eta: bool = True) -> dict[str, Any]:
+    """What Redis holds for the app: per queue ready (per priority list), unacked, ETA; journal; other keys."""
+    per_queue: dict[str, dict[str, Any]] = {}
+    for queue in queues:
+        by_priority = {}
+        eta = 0
+        for priority, key in enumerate(redis_list_keys(queue.name)):
+            length = client.llen(key)
+            if length:
+                by_priority[str(priority)] = length
+                if count_eta:
+                    eta += sum(1 for raw in iter_list(client, key) if has_eta(parse_envelope(raw)))
+        per_queue[queue.name] = {
+            "ready": sum(by_priority.values()),
+            "ready_by_priority": by_priority,
+            "unacked": 0,
+            "eta": eta,
+            "inflight": client.llen(INFLIGHT_KEY.format(queue=queue.name)),
+        }
+    unacked_other = 0
+    for _, raw in unacked_entries(client):
+        route = unacked_route(raw)
+        name = queue_for_route(route[1], route[2], queues) if route else None
+        if name is None:
+            unacked_other += 1
+            continue
+        per_queue[name]["unacked"] += 1
+        if count_eta and has_eta(route[0] if route else None):
+            per_queue[name]["eta"] += 1
+    app_keys = {key for queue in queues for key in redis_list_keys(queue.name)}
+    keys = [key for key in scan_keys(client) if key not in app_keys]
+    return {
+        "queues": per_queue,
+        "ready": sum(counts["ready"] for counts in per_queue.values()),
+        "unacked": sum(counts["unacked"] for counts in per_queue.values()),
+        "unacked_other": unacked_other,
+        "inflight": sum(counts["inflight"] for counts in per_queue.values()),
+        "unmovable": client.llen(UNMOVABLE_KEY),
+        "moved_journal": client.scard(MOVED_KEY),
+        "lock": decode(client.get(LOCK_KEY) or b"") or None,
+        "kombu_keys": [key for key in keys if is_kombu_key(key)],
+        "other_keys": [key for key in keys if not is_kombu_key(key) and not key.startswith(JOURNAL_PREFIX)],
+    }
+
+
+def is_kombu_key(key: str) -> bool:
+    return key.startswith("_kombu.") or key in (UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
+
+
+def redis_left(counts: dict[str, Any]) -> int:
+    """App messages still in Redis, wherever they are (lists, unacked, journal)."""
+    return counts["ready"] + counts["unacked"] + counts["unacked_other"] + counts["inflight"] + counts["unmovable"]
+
+
+def redis_consumers(client: redis.Redis) -> list[str]:
+    """Connections to the broker database that look like a consuming worker.
+
+    A kombu Redis worker waits in BRPOP on its queues and subscribes to
+    Celery's broadcast channels; a producer (the API) does neither.
+    """
+    db = str(client.connection_pool.connection_kwargs.get("db", 0))
+    blocking = {"brpop", "blpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"}
+    found = []
+    for entry in client.client_list():
+        if entry.get("name") == CLIENT_NAME or str(entry.get("db")) != db:
+            continue
+        subscribed = int(entry.get("sub", 0) or 0) + int(entry.get("psub", 0) or 0)
+        if entry.get("cmd") in blocking or subscribed:
+            found.append(f"{entry.get('addr')} (cmd={entry.get('cmd')}, subscriptions={subscribed})")
+    return found
+
+
+def redis_blockers(client: redis.Redis) -> list[str]:
+    """Why a Redis-to-RabbitMQ move must not start now (empty: it may)."""
+    blockers = []
+    consumers = redis_consumers(client)
+    if consumers:
+        blockers.append("Redis workers still consume db 0: " + ", ".join(consumers))
+    if client.exists(UNACKED_MUTEX_KEY):
+        blockers.append(f"{UNACKED_MUTEX_KEY} is held: a worker is restoring unacked messages")
+    return blockers
+
+
+class Lock:
+    """One mover at a time: a Redis key with a token and a short expiry.
+
+    A crashed mover's lock expires after LOCK_SECONDS; the running one
+    renews it every batch.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4()}"
+
+    def acquire(self) -> None:
+        if not self.client.set(LOCK_KEY, self.token, nx=True, ex=LOCK_SECONDS):
+            holder = decode(self.client.get(LOCK_KEY) or b"?")
+            raise MoveError(
+                f"another mover holds {LOCK_KEY} ({holder}); it expires {self.client.ttl(LOCK_KEY)} s after "
+                "that mover stops"
+            )
+
+    def renew(self) -> None:
+        if decode(self.client.get(LOCK_KEY) or b"") != self.token:
+            raise MoveError(f"lost {LOCK_KEY} to another mover")
+        self.client.expire(LOCK_KEY, LOCK_SECONDS)
+
+    def release(self) -> None:
+        if decode(self.client.get(LOCK_KEY) or b"") == self.token:
+            self.client.delete(LOCK_KEY)
+
+
+def rabbit_counts(rabbit: Rabbit, settings: Settings) -> dict[str, Any]:
+    """Ready messages and consumers of the app queues and the dead-letter queue."""
+    queues = {}
+    for queue in settings.queues:
+        ready, consumers = rabbit.queue_state(queue.name)
+        queues[queue.name] = {"ready": ready, "consumers": consumers}
+    ready, consumers = rabbit.queue_state(settings.dead_letter_queue)
+    return {
+        "queues": queues,
+        "ready": sum(counts["ready"] for counts in queues.values()),
+        "consumers": sum(counts["consumers"] for counts in queues.values()),
+        "dead_letter": {"name": settings.dead_letter_queue, "ready": ready, "consumers": consumers},
+    }
+
+
+def rabbit_blockers(counts: dict[str, Any]) -> list[str]:
+    """Why a RabbitMQ-to-Redis move must not start now: a consumer holds messages we cannot get."""
+    busy = [f"{name} ({state['consumers']})" for name, state in counts["queues"].items() if state["consumers"]]
+    return ["RabbitMQ workers still consume: " + ", ".join(busy)] if busy else []
+
+
+# --------------------------------------------------------------------------
+# Moves
+
+
+@dataclass
+class MoveOptions:
+    batch: int = DEFAULT_BATCH
+    limit: int | None = None
+    fail_after_publish: int | None = None
+
+
+@dataclass
+class Tally:
+    """What a move did, per queue and in all."""
+
+    moved: int = 0
+    possible_duplicates: int = 0
+    skipped_duplicates: int = 0
+    unmovable: int = 0
+    per_queue: dict[str, int] = field(default_factory=dict)
+
+    def add(self, queue: str, count: int) -> None:
+        self.moved += count
+        self.per_queue[queue] = self.per_queue.get(queue, 0) + count
+
+
+def crash_for_test(reporter: Reporter, done: int) -> None:
+    """--fail-after-publish: die like a killed process, journal and lock left as they are."""
+    reporter.emit("crash", message=f"test crash after {done} message(s) published, before the journal update")
+    sys.stdout.flush()
+    os._exit(CRASH_EXIT_CODE)
+
+
+class RedisToRabbit:
+    """Moves the app's messages from Redis db 0 to RabbitMQ.
+
+    The journal makes an interrupted move lose nothing. A message first goes
+    atomically from its place in Redis into the in-flight list of its queue
+    (LMOVE from a queue list, or HDEL + ZREM + LPUSH in one MULTI for an
+    unacked entry). Once RabbitMQ confirmed it, it is removed from the
+    in-flight list. A run that finds messages in flight (the previous one
+    stopped between taking and confirming them) publishes them again first
+    and counts them as possible duplicates: they may have reached RabbitMQ
+    already, and the app skips a task id that already finished.
+    """
+
+    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
+        self.client = client
+        self.rabbit = rabbit
+        self.settings = settings
+        self.options = options
+        self.tally = Tally()
+        self.reporter = Reporter("move", DIRECTIONS[0])
+        self.lock = Lock(client)
+
+    def room(self) -> int:
+        """How many messages the next batch may take (--batch, --limit, --fail-after-publish)."""
+        bounds = [self.options.batch]
+        for bound in (self.options.limit, self.options.fail_after_publish):
+            if bound is not None:
+                bounds.append(bound - self.tally.moved)
+        return max(min(bounds), 0)
+
+    def run(self) -> dict[str, Any]:
+        blockers = redis_blockers(self.client)
+        if blockers:
+            raise MoveError("; ".join(blockers))
+        for queue in self.settings.queues:
+            self.rabbit.queue_state(queue.name)
+        self.lock.acquire()
+        try:
+            before = redis_counts(self.client, self.settings.queues, count_eta=False)
+            self.reporter.found = before["ready"] + before["unacked"] + before["inflight"]
+            self.reporter.emit("start", found=self.reporter.found, inflight=before["inflight"])
+            for queue in self.settings.queues:
+                self.publish_inflight(queue.name, recovered=True)
+            self.take_unacked()
+            for queue in self.settings.queues:
+                for key in redis_list_keys(queue.name):
+                    self.take_list(queue.name, key)
+        finally:
+            self.lock.release()
+        after = redis_counts(self.client, self.settings.queues, count_eta=False)
+        return {
+            "found": self.reporter.found,
+            "moved": self.tally.moved,
+            "possible_duplicates": self.tally.possible_duplicates,
+            "unmovable": self.tally.unmovable,
+            "remaining": redis_left(after),
+            "per_queue": self.tally.per_queue,
+            **self.reporter.timing(self.tally.moved),
+        }
+
+    def take_list(self, queue: str, key: str) -> None:
+        """Move a queue list, oldest (rightmost) first, a batch at a time."""
+        inflight = INFLIGHT_KEY.format(queue=queue)
+        while (room := self.room()) > 0:
+            pipe = self.client.pipeline(transaction=False)
+            for _ in range(room):
+                pipe.lmove(key, inflight, "RIGHT", "LEFT")
+            if not any(item is not None for item in pipe.execute()):
+                return
+            self.publish_inflight(queue)
+
+    def take_unacked(self) -> None:
+        """Move the entries of kombu's unacked hash that belong to app queues, in delivery order."""
+        tags = [decode(tag) for tag in self.client.zrange(UNACKED_INDEX_KEY, 0, -1)]
+        indexed = set(tags)
+        tags += sorted(decode(tag) for tag in self.client.hkeys(UNACKED_KEY) if decode(tag) not in indexed)
+        while tags and (room := self.room()) > 0:
+            chunk, tags = tags[:room], tags[room:]
+            touched = {queue for tag in chunk if (queue := self.take_unacked_entry(tag))}
+            for queue in sorted(touched):
+                self.publish_inflight(queue)
+
+    def take_unacked_entry(self, tag: str) -> str | None:
+        """Atomically move one unacked entry into its queue's in-flight list; returns the queue."""
+
+        def move(pipe: redis.client.Pipeline) -> str | None:
+            raw = pipe.hget(UNACKED_KEY, tag)
+            route = unacked_route(raw) if raw is not None else None
+            queue = queue_for_route(route[1], route[2], self.settings.queues) if route else None
+            pipe.multi()
+            if raw is None:
+                pipe.zrem(UNACKED_INDEX_KEY, tag)
+            elif queue is not None and route is not None:
+                pipe.hdel(UNACKED_KEY, tag)
+                pipe.zrem(UNACKED_INDEX_KEY, tag)
+                pipe.lpush(INFLIGHT_KEY.format(queue=queue), kombu_dumps(route[0]))
+            return queue
+
+        return self.client.transaction(move, UNACKED_KEY, value_from_callable=True)
+
+    def publish_inflight(self, queue: str, recovered: bool = False) -> None:
+        """Publish a queue's in-flight messages with confirms, then drop them from the journal."""
+        inflight = INFLIGHT_KEY.format(queue=queue)
+        raws = list(reversed(self.client.lrange(inflight, 0, -1)))  # oldest first
+        if not raws:
+            return
+        translated, unmovable = [], []
+        for raw in raws:
+            try:
+                translated.append((raw, envelope_to_amqp(parse_envelope(raw), queue)))
+            except UnmovableMessage:
+                unmovable.append(raw)
+        if unmovable:
+            self.park_unmovable(inflight, unmovable)
+        self.rabbit.publish([message for _, message in translated])
+        if self.options.fail_after_publish is not None and self.tally.moved + len(translated) >= (
+            self.options.fail_after_publish
+        ):
+            crash_for_test(self.reporter, self.tally.moved + len(translated))
+        pipe = self.client.pipeline(transaction=True)
+        for raw, _ in translated:
+            pipe.lrem(inflight, -1, raw)
+        pipe.execute()
+        self.tally.add(queue, len(translated))
+        if recovered:
+            self.tally.possible_duplicates += len(translated)
+        self.lock.renew()
+        self.reporter.progress(self.tally.moved)
+
+    def park_unmovable(self, inflight: str, raws: list[bytes]) -> None:
+        """Keep what is not a kombu message aside in Redis, for a person to look at."""
+        pipe = self.client.pipeline(transaction=True)
+        for raw in raws:
+            pipe.lrem(inflight, -1, raw)
+            pipe.rpush(UNMOVABLE_KEY, raw)
+        pipe.execute()
+        self.tally.unmovable += len(raws)
+
+
+class RabbitToRedis:
+    """Moves the app's messages from RabbitMQ back to Redis db 0 (rollback).
+
+    Each message is got unacknowledged, written into the list kombu would
+    have put it in, and acknowledged only after that write. The write and the
+    message's key in the journal set are one MULTI, so when a crash between
+    write and ack makes RabbitMQ deliver the message again (redelivered), the
+    journal tells that it is already in Redis and it is only acknowledged.
+    The dead-letter queue is left where it is.
+    """
+
+    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
+        self.client = client
+        self.rabbit = rabbit
+        self.settings = settings
+        self.options = options
+        self.tally = Tally()
+        self.reporter = Reporter("move", DIRECTIONS[1])
+        self.lock = Lock(client)
+        self.limited = False
+
+    def room(self) -> int:
+        bounds = [self.options.batch]
+        for bound in (self.options.limit, self.options.fail_after_publish):
+            if bound is not None:
+                bounds.append(bound - self.tally.moved)
+        return max(min(bounds), 0)
+
+    def run(self) -> dict[str, Any]:
+        before = rabbit_counts(self.rabbit, self.settings)
+        blockers = rabbit_blockers(before)
+        if blockers:
+            raise MoveError("; ".join(blockers))
+        self.lock.acquire()
+        try:
+            self.reporter.found = before["ready"]
+            self.reporter.emit("start", found=before["ready"])
+            for queue in self.settings.queues:
+                self.take_queue(queue.name)
+            if not self.limited:
+                self.client.delete(MOVED_KEY)
+        finally:
+            self.lock.release()
+        after = rabbit_counts(self.rabbit, self.settings)
+        return {
+            "found": self.reporter.found,
+            "moved": self.tally.moved,
+            "possible_duplicates": self.tally.possible_duplicates,
+            "skipped_duplicates": self.tally.skipped_duplicates,
+            "remaining": after["ready"],
+            "dead_letter": after["dead_letter"]["ready"],
+            "per_queue": self.tally.per_queue,
+            **self.reporter.timing(self.tally.moved),
+        }
+
+    def take_queue(self, queue: str) -> None:
+        while True:
+            room = self.room()
+            if room <= 0:
+                self.limited = True
+                return
+            batch = []
+            while len(batch) < room and (message := self.rabbit.get(queue)) is not None:
+                batch.append(message)
+            if not batch:
+                return
+            self.write_batch(queue, batch)
+
+    def write_batch(self, queue: str, batch: list[amqp.Message]) -> None:
+        keys = [
+            message_key(body_bytes(message), message.properties.get("application_headers") or {}) for message in batch
+        ]
+        redelivered = [i for i, message in enumerate(batch) if message.delivery_info.get("redelivered")]
+        already = set()
+        if redelivered:
+            seen = self.client.smismember(MOVED_KEY, [keys[i] for i in redelivered])
+            already = {i for i, flag in zip(redelivered, seen, strict=True) if flag}
+        pipe = self.client.pipeline(transaction=True)
+        for i, message in enumerate(batch):
+            if i in already:
+                continue
+            envelope = amqp_to_envelope(body_bytes(message), message.properties, queue, str(uuid.uuid4()))
+            pipe.lpush(redis_list_key(queue, envelope["properties"]["priority"]), kombu_dumps(envelope))
+            pipe.sadd(MOVED_KEY, keys[i])
+        pipe.expire(MOVED_KEY, MOVED_KEEP_SECONDS)
+        pipe.execute()
+        written = len(batch) - len(already)
+        if (
+            self.options.fail_after_publish is not None
+            and self.tally.moved + written >= self.options.fail_after_publish
+        ):
+            crash_for_test(self.reporter, self.tally.moved + written)
+        self.rabbit.ack_through(batch[-1].delivery_tag)
+        self.tally.add(queue, written)
+        self.tally.skipped_duplicates += len(already)
+        self.lock.renew()
+        self.reporter.progress(self.tally.moved)
+
+
+def body_bytes(message: amqp.Message) -> bytes:
+    body = message.body
+    return body if isinstance(body, bytes) else str(body).encode(message.properties.get("content_encoding") or "utf-8")
+
+
+# --------------------------------------------------------------------------
+# Commands
+
+
+def command_plan(settings: Settings, direction: str) -> tuple[dict[str, Any], int]:
+    """Counts on both brokers and what would stop a move; changes nothing."""
+    client = connect_redis(settings.redis_url)
+    rabbit = Rabbit(settings.amqp_url)
+    try:
+        redis_side = redis_counts(client, settings.queues)
+        rabbit_side = rabbit_counts(rabbit, settings)
+        if direction == DIRECTIONS[0]:
+            to_move = redis_side["ready"] + redis_side["unacked"] + redis_side["inflight"]
+            blockers = redis_blockers(client)
+        else:
+            to_move = rabbit_side["ready"]
+            blockers = rabbit_blockers(rabbit_side)
+        if redis_side["lock"]:
+            blockers.append(f"a mover holds {LOCK_KEY}: {redis_side['lock']}")
+    finally:
+        rabbit.close()
+    return {"to_move": to_move, "blockers": blockers, "redis": redis_side, "rabbitmq": rabbit_side}, 0
+
+
+def command_move(settings: Settings, direction: str, options: MoveOptions) -> tuple[dict[str, Any], int]:
+    client = connect_redis(settings.redis_url)
+    rabbit = Rabbit(settings.amqp_url)
+    mover_class = RedisToRabbit if direction == DIRECTIONS[0] else RabbitToRedis
+    try:
+        summary = mover_class(client, rabbit, settings, options).run()
+    finally:
+        rabbit.close()
+    return summary, 0
+
+
+def command_verify(settings: Settings, direction: str) -> tuple[dict[str, Any], int]:
+    """After a move: the source holds no app message. Exit 1 otherwise."""
+    client = connect_redis(settings.redis_url)
+    rabbit = Rabbit(settings.amqp_url)
+    try:
+        redis_side = redis_counts(client, settings.queues, count_eta=False)
+        rabbit_side = rabbit_counts(rabbit, settings)
+    finally:
+        rabbit.close()
+    problems = []
+    if direction == DIRECTIONS[0]:
+        if redis_left(redis_side):
+            problems.append(f"{redis_left(redis_side)} message(s) left in Redis (lists, unacked or the journal)")
+    else:
+        if rabbit_side["ready"]:
+            problems.append(f"{rabbit_side['ready']} message(s) left in the RabbitMQ app queues")
+        problems += rabbit_blockers(rabbit_side)
+    summary = {"ok": not problems, "problems": problems, "redis": redis_side, "rabbitmq": rabbit_side}
+    return summary, 0 if not problems else 1
+
+
+def command_cleanup_redis(settings: Settings) -> tuple[dict[str, Any], int]:
+    """Delete kombu's broker keys and the journal from db 0, once no app message is left there."""
+    client = connect_redis(settings.redis_url)
+    counts = redis_counts(client, settings.queues, count_eta=False)
+    if redis_left(counts):
+        summary = {"deleted": [], "problems": [f"{redis_left(counts)} message(s) still in Redis; move them first"]}
+        return summary, 1
+    lock = Lock(client)
+    lock.acquire()
+    doomed = sorted({key for pattern in KOMBU_KEY_PATTERNS for key in scan_keys(client, pattern)})
+    doomed += [key for key in scan_keys(client, JOURNAL_PREFIX + "*") if key != LOCK_KEY]
+    if doomed:
+        client.delete(*doomed)
+    lock.release()
+    return {"deleted": doomed, "kept": scan_keys(client)}, 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m taskapp.broker_move", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, help="JSON file with redis_url, amqp_url, queues, dead_letter_queue")
+    with_direction = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_direction.add_argument("--direction", required=True, choices=DIRECTIONS)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("plan", parents=[with_direction], help="count what would move; changes nothing")
+    move = commands.add_parser("move", parents=[with_direction], help="move the app's messages")
+    move.add_argument("--batch", type=positive, default=DEFAULT_BATCH, help="messages per confirm/journal batch")
+    move.add_argument("--limit", type=positive, help="stop after this many messages (the rest stays)")
+    move.add_argument(
+        "--fail-after-publish",
+        type=positive,
+        metavar="N",
+        help="TEST ONLY: exit 70 after the Nth message reached the destination, before the journal update",
+    )
+    commands.add_parser("verify", parents=[with_direction], help="exit 1 unless the source holds no app message")
+    commands.add_parser("cleanup-redis", parents=[common], help="delete kombu's keys and the journal from Redis db 0")
+    return parser
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    direction = getattr(args, "direction", None)
+    reporter = Reporter(args.command, direction)
+    try:
+        settings = load_settings(args.config)
+        commands: dict[str, Callable[[], tuple[dict[str, Any], int]]] = {
+            "plan": lambda: command_plan(settings, direction),
+            "move": lambda: command_move(
+                settings, direction, MoveOptions(args.batch, args.limit, args.fail_after_publish)
+            ),
+            "verify": lambda: command_verify(settings, direction),
+            "cleanup-redis": lambda: command_cleanup_redis(settings),
+        }
+        summary, code = commands[args.command]()
+    except (MoveError, redis.RedisError, OSError, amqp.exceptions.AMQPError) as exc:
+        reporter.emit("error", message=str(exc) or type(exc).__name__)
+        print(f"broker_move: error: {exc}", file=sys.stderr)
+        return 2
+    reporter.emit("summary", **summary)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
