@@ -597,10 +597,8 @@ class Lock:
     def acquire(self) -> None:
         if not self.client.set(LOCK_KEY, self.token, nx=True, ex=LOCK_SECONDS):
             holder = decode(self.client.get(LOCK_KEY) or b"?")
-            raise MoveError(
-                f"another mover holds {LOCK_KEY} ({holder}); it expires {self.client.ttl(LOCK_KEY)} s after "
-                "that mover stops"
-            )
+            ttl = self.client.ttl(LOCK_KEY)
+            raise MoveError(f"another mover holds {LOCK_KEY} ({holder}); if it is gone, the lock expires in {ttl} s")
 
     def renew(self) -> None:
         if decode(self.client.get(LOCK_KEY) or b"") != self.token:
