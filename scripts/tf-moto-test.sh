@@ -58,7 +58,7 @@ cleanup() {
     tail -n 20 "$work/moto.log" >&2 || true
   fi
   rm -rf "$work"
-  echo "--- ${step_name:-start}: $([ $rc = 0 ] && echo done || echo FAILED) in $(($(date +%s) - step_started))s"
+  echo "--- ${step_name:-start}: $([ $rc = 0 ] && echo "done" || echo FAILED) in $(($(date +%s) - step_started))s"
   echo "=== tf-moto-test: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $(($(date +%s) - started))s"
 }
 trap cleanup EXIT
