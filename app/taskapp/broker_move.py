@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fnmatch
 import hashlib
 import json
 import os
@@ -74,12 +75,13 @@ PRIORITY_MIN = 0
 PRIORITY_MAX = 9
 SEP = ":"
 
-# kombu's own keys in the broker database (Channel.unacked_key and friends,
-# Channel.keyprefix_queue and the binding tables of kombu 5.7).
+# kombu's own keys in the broker database: Channel.unacked_key and friends,
+# the binding tables (keyprefix_queue and kombu 5.7's binding_deadlines and
+# binding_permanent), and reply queues of Celery's remote control.
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 UNACKED_MUTEX_KEY = "unacked_mutex"
-KOMBU_KEY_PATTERNS = ("_kombu.*", UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
+KOMBU_KEY_PATTERNS = ("_kombu.*", UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY, "*.reply.celery.pidbox")
 
 # The mover's journal, in the broker database too (db 0).
 JOURNAL_PREFIX = "taskapp:migration:"
@@ -546,7 +548,7 @@ def redis_counts(client: redis.Redis, queues: tuple[QueueSpec, ...], count_eta: 
 
 
 def is_kombu_key(key: str) -> bool:
-    return key.startswith("_kombu.") or key in (UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY)
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in KOMBU_KEY_PATTERNS)
 
 
 def redis_left(counts: dict[str, Any]) -> int:
@@ -562,14 +564,18 @@ def redis_consumers(client: redis.Redis) -> list[str]:
     """
     db = str(client.connection_pool.connection_kwargs.get("db", 0))
     blocking = {"brpop", "blpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"}
-    found = []
+    per_host: dict[str, list[int]] = {}
     for entry in client.client_list():
         if entry.get("name") == CLIENT_NAME or str(entry.get("db")) != db:
             continue
-        subscribed = int(entry.get("sub", 0) or 0) + int(entry.get("psub", 0) or 0)
-        if entry.get("cmd") in blocking or subscribed:
-            found.append(f"{entry.get('addr')} (cmd={entry.get('cmd')}, subscriptions={subscribed})")
-    return found
+        host = str(entry.get("addr", "?")).rsplit(":", 1)[0]
+        waiting = int(entry.get("cmd") in blocking)
+        subscribed = int(int(entry.get("sub", 0) or 0) + int(entry.get("psub", 0) or 0) > 0)
+        if waiting or subscribed:
+            counts = per_host.setdefault(host, [0, 0])
+            counts[0] += waiting
+            counts[1] += subscribed
+    return [f"{host} ({waiting} in BRPOP, {subscribed} subscribed)" for host, (waiting, subscribed) in per_host.items()]
 
 
 def redis_blockers(client: redis.Redis) -> list[str]:
@@ -577,7 +583,7 @@ def redis_blockers(client: redis.Redis) -> list[str]:
     blockers = []
     consumers = redis_consumers(client)
     if consumers:
-        blockers.append("Redis workers still consume db 0: " + ", ".join(consumers))
+        blockers.append("Redis workers still consume: " + ", ".join(consumers))
     if client.exists(UNACKED_MUTEX_KEY):
         blockers.append(f"{UNACKED_MUTEX_KEY} is held: a worker is restoring unacked messages")
     return blockers
@@ -641,6 +647,14 @@ class MoveOptions:
     limit: int | None = None
     fail_after_publish: int | None = None
 
+    def room(self, moved: int) -> int:
+        """How many messages the next batch may take (--batch, --limit, --fail-after-publish)."""
+        bounds = [self.batch]
+        for bound in (self.limit, self.fail_after_publish):
+            if bound is not None:
+                bounds.append(bound - moved)
+        return max(min(bounds), 0)
+
 
 @dataclass
 class Tally:
@@ -687,12 +701,7 @@ class RedisToRabbit:
         self.lock = Lock(client)
 
     def room(self) -> int:
-        """How many messages the next batch may take (--batch, --limit, --fail-after-publish)."""
-        bounds = [self.options.batch]
-        for bound in (self.options.limit, self.options.fail_after_publish):
-            if bound is not None:
-                bounds.append(bound - self.tally.moved)
-        return max(min(bounds), 0)
+        return self.options.room(self.tally.moved)
 
     def run(self) -> dict[str, Any]:
         blockers = redis_blockers(self.client)
@@ -825,11 +834,7 @@ class RabbitToRedis:
         self.limited = False
 
     def room(self) -> int:
-        bounds = [self.options.batch]
-        for bound in (self.options.limit, self.options.fail_after_publish):
-            if bound is not None:
-                bounds.append(bound - self.tally.moved)
-        return max(min(bounds), 0)
+        return self.options.room(self.tally.moved)
 
     def run(self) -> dict[str, Any]:
         before = rabbit_counts(self.rabbit, self.settings)
@@ -964,12 +969,18 @@ def command_verify(settings: Settings, direction: str) -> tuple[dict[str, Any], 
 
 
 def command_cleanup_redis(settings: Settings) -> tuple[dict[str, Any], int]:
-    """Delete kombu's broker keys and the journal from db 0, once no app message is left there."""
+    """Delete kombu's broker keys and the journal from db 0, once no app message is left there.
+
+    Refused while a Redis worker is connected: its unacknowledged messages
+    live in the keys this deletes.
+    """
     client = connect_redis(settings.redis_url)
     counts = redis_counts(client, settings.queues, count_eta=False)
+    problems = redis_blockers(client)
     if redis_left(counts):
-        summary = {"deleted": [], "problems": [f"{redis_left(counts)} message(s) still in Redis; move them first"]}
-        return summary, 1
+        problems.append(f"{redis_left(counts)} message(s) still in Redis; move them first")
+    if problems:
+        return {"deleted": [], "problems": problems}, 1
     lock = Lock(client)
     lock.acquire()
     doomed = sorted({key for pattern in KOMBU_KEY_PATTERNS for key in scan_keys(client, pattern)})

@@ -656,6 +656,17 @@ def test_move_to_rabbitmq_refuses_while_a_redis_worker_consumes(client_entry, re
     assert rabbit.ids("default") == [] and client.llen("default") == 5
 
 
+def test_consuming_connections_are_counted_per_host():
+    client = FakeRedis()
+    client.clients += [
+        {"name": "", "db": "0", "cmd": "brpop", "addr": "10.0.0.7:1"},
+        {"name": "", "db": "0", "cmd": "brpop", "addr": "10.0.0.7:2"},
+        {"name": "", "db": "0", "cmd": "psubscribe", "psub": "1", "addr": "10.0.0.7:3"},
+        {"name": "", "db": "0", "cmd": "brpop", "addr": "10.0.0.8:1"},
+    ]
+    assert bm.redis_consumers(client) == ["10.0.0.7 (2 in BRPOP, 1 subscribed)", "10.0.0.8 (1 in BRPOP, 0 subscribed)"]
+
+
 def test_a_producer_or_another_database_does_not_block_the_move():
     client = loaded_redis()
     client.clients += [
@@ -804,7 +815,7 @@ def test_plan_names_what_blocks_a_move(brokers, capsys):
     rabbit.consumers["default"] = 1
     _, (forward_plan,) = run(capsys, "plan", "--direction", "redis-to-rabbitmq")
     _, (backward_plan,) = run(capsys, "plan", "--direction", "rabbitmq-to-redis")
-    assert forward_plan["blockers"] == ["Redis workers still consume db 0: 10.0.0.7:4000 (cmd=brpop, subscriptions=0)"]
+    assert forward_plan["blockers"] == ["Redis workers still consume: 10.0.0.7 (1 in BRPOP, 0 subscribed)"]
     assert backward_plan["blockers"] == ["RabbitMQ workers still consume: default (1)"]
 
 
@@ -824,10 +835,20 @@ def test_move_verify_cleanup_through_the_command_line(brokers, capsys):
 
     code, lines = run(capsys, "verify", "--direction", "redis-to-rabbitmq")
     assert code == 0 and lines[-1]["ok"] is True
+    client.clients.append({"name": "", "db": "0", "cmd": "brpop", "addr": "10.0.0.7:4000"})
+    code, lines = run(capsys, "cleanup-redis")
+    assert code == 1 and lines[-1]["problems"] == ["Redis workers still consume: 10.0.0.7 (1 in BRPOP, 0 subscribed)"]
+    client.clients.clear()
     client.set("taskapp:done:abc", "1")  # not a broker key: stays
+    client.rpush("9f3d.reply.celery.pidbox", "late reply")
     code, lines = run(capsys, "cleanup-redis")
     assert code == 0
-    assert lines[-1]["deleted"] == ["_kombu.binding.celeryev", "_kombu.binding.tasks", "_kombu.binding_permanent.tasks"]
+    assert lines[-1]["deleted"] == [
+        "9f3d.reply.celery.pidbox",
+        "_kombu.binding.celeryev",
+        "_kombu.binding.tasks",
+        "_kombu.binding_permanent.tasks",
+    ]
     assert lines[-1]["kept"] == ["taskapp:done:abc"]
 
     code, lines = run(capsys, "verify", "--direction", "rabbitmq-to-redis")
