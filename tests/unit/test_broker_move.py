@@ -883,3 +883,101 @@ def test_progress_lines_come_every_so_many_messages(monkeypatch, capsys):
     progress = [line for line in lines if line["event"] == "progress"]
     assert [line["moved"] for line in progress] == [4, 8, 12]
     assert all({"found", "moved", "rate", "elapsed"} <= set(line) for line in progress)
+
+
+# --------------------------------------------------------------------------
+# Publisher confirms (py-amqp stand-in: acks arrive when events are drained)
+
+
+class FakeAmqpChannel:
+    def __init__(self, answer) -> None:
+        self.events: dict[str, set] = {"basic_ack": set(), "basic_nack": set(), "basic_return": set()}
+        self.published: list[tuple[Any, str, str, bool]] = []
+        self.confirm_selects = 0
+        self.answer = answer
+
+    def confirm_select(self) -> None:
+        self.confirm_selects += 1
+
+    def basic_publish(self, message, exchange: str, routing_key: str, mandatory: bool) -> None:
+        self.published.append((message, exchange, routing_key, mandatory))
+
+    def fire(self, event: str, *args: Any) -> None:
+        for callback in self.events[event]:
+            callback(*args)
+
+
+class FakeAmqpConnection:
+    def __init__(self, channel: FakeAmqpChannel) -> None:
+        self.channel = channel
+
+    def drain_events(self, timeout: float) -> None:
+        if not self.channel.answer(self.channel):
+            raise TimeoutError
+
+
+def fake_rabbit(answer) -> tuple[bm.Rabbit, FakeAmqpChannel]:
+    rabbit = object.__new__(bm.Rabbit)
+    channel = FakeAmqpChannel(answer)
+    rabbit.channel, rabbit.connection = channel, FakeAmqpConnection(channel)
+    rabbit._confirming, rabbit._sent, rabbit._unconfirmed, rabbit._failures = False, 0, set(), []
+    return rabbit, channel
+
+
+def some_messages(count: int) -> list[bm.AmqpMessage]:
+    envelope = redis_fixture_envelopes()["004"][1]
+    return [bm.envelope_to_amqp(envelope, "priority")] * count
+
+
+def test_a_batch_is_published_mandatory_and_waits_for_every_confirm():
+    def ack_all_at_once(channel):
+        channel.fire("basic_ack", len(channel.published), True)
+        return True
+
+    rabbit, channel = fake_rabbit(ack_all_at_once)
+    rabbit.publish(some_messages(3))
+    rabbit.publish(some_messages(2))
+    assert channel.confirm_selects == 1
+    assert [(exchange, key, mandatory) for _, exchange, key, mandatory in channel.published] == [
+        ("", "priority", True)
+    ] * 5
+    message = channel.published[0][0]
+    assert message.properties["priority"] == 5 and message.properties["delivery_mode"] == 2
+    assert message.properties["application_headers"]["id"].endswith("004")
+
+
+def test_single_acks_in_any_order_settle_a_batch():
+    order = iter([2, 1, 3])
+
+    def ack_one(channel):
+        channel.fire("basic_ack", next(order), False)
+        return True
+
+    rabbit, _ = fake_rabbit(ack_one)
+    rabbit.publish(some_messages(3))
+    assert rabbit._unconfirmed == set()
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [("basic_nack", "refused \\(nack\\) 2 message"), ("basic_return", "could not route a message to 'priority'")],
+)
+def test_a_nack_or_an_unroutable_message_fails_the_batch(event, message):
+    def refuse(channel):
+        if event == "basic_return":
+            channel.fire("basic_return", Exception("NO_ROUTE"), "", "priority", None)
+        else:
+            channel.fire("basic_nack", 2, True)
+        channel.fire("basic_ack", 2, True)
+        return True
+
+    rabbit, _ = fake_rabbit(refuse)
+    with pytest.raises(bm.MoveError, match=message):
+        rabbit.publish(some_messages(2))
+
+
+def test_missing_confirms_time_out(monkeypatch):
+    monkeypatch.setattr(bm, "CONFIRM_TIMEOUT_SECONDS", 0.05)
+    rabbit, _ = fake_rabbit(lambda channel: False)
+    with pytest.raises(bm.MoveError, match="did not confirm 2 message"):
+        rabbit.publish(some_messages(2))
