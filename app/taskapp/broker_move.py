@@ -12,8 +12,21 @@ them, one broker's wire format into the other's:
 
 Every command prints JSON, one object per line (progress lines while moving,
 then a summary with "event": "summary"), and exits 0 when done, 1 when
-`verify` or `cleanup-redis` found app messages left, 2 on an error (the line
-then has "event": "error" and the message is also written to stderr).
+`verify` or `cleanup-redis` found messages left, 2 on an error (the line
+then has "event": "error" and the message is also written to stderr), 70
+when `--fail-after-publish` (tests only) made it stop like a killed process.
+
+Safety, in short (the classes below say how):
+- Redis to RabbitMQ: a message leaves Redis only after RabbitMQ confirmed
+  it; a journal in db 0 lets a run after a crash finish the move, at worst
+  publishing a few messages twice (reported as possible_duplicates; the app
+  skips a task id that already finished). Refused while a Redis worker is
+  connected or kombu's unacked_mutex is held.
+- RabbitMQ to Redis: a message is acknowledged only after it was written to
+  Redis; a journal set tells a redelivered message that is already there.
+  Refused while a consumer is attached to an app queue.
+- One mover at a time (a lock key in Redis that expires 60 s after its
+  holder died).
 
 The configuration file (so that no password is on a command line):
 
@@ -655,6 +668,10 @@ class MoveOptions:
                 bounds.append(bound - moved)
         return max(min(bounds), 0)
 
+    def crash_due(self, moved: int) -> bool:
+        """--fail-after-publish (tests only): whether to crash now, before the journal update."""
+        return self.fail_after_publish is not None and moved >= self.fail_after_publish
+
 
 @dataclass
 class Tally:
@@ -788,9 +805,7 @@ class RedisToRabbit:
         if unmovable:
             self.park_unmovable(inflight, unmovable)
         self.rabbit.publish([message for _, message in translated])
-        if self.options.fail_after_publish is not None and self.tally.moved + len(translated) >= (
-            self.options.fail_after_publish
-        ):
+        if self.options.crash_due(self.tally.moved + len(translated)):
             crash_for_test(self.reporter, self.tally.moved + len(translated))
         pipe = self.client.pipeline(transaction=True)
         for raw, _ in translated:
@@ -877,14 +892,11 @@ class RabbitToRedis:
             self.write_batch(queue, batch)
 
     def write_batch(self, queue: str, batch: list[amqp.Message]) -> None:
+        """Write a batch into kombu's lists, with its journal keys, in one MULTI; then acknowledge it."""
         keys = [
             message_key(body_bytes(message), message.properties.get("application_headers") or {}) for message in batch
         ]
-        redelivered = [i for i, message in enumerate(batch) if message.delivery_info.get("redelivered")]
-        already = set()
-        if redelivered:
-            seen = self.client.smismember(MOVED_KEY, [keys[i] for i in redelivered])
-            already = {i for i, flag in zip(redelivered, seen, strict=True) if flag}
+        already = self.already_moved(batch, keys)
         pipe = self.client.pipeline(transaction=True)
         for i, message in enumerate(batch):
             if i in already:
@@ -895,16 +907,21 @@ class RabbitToRedis:
         pipe.expire(MOVED_KEY, MOVED_KEEP_SECONDS)
         pipe.execute()
         written = len(batch) - len(already)
-        if (
-            self.options.fail_after_publish is not None
-            and self.tally.moved + written >= self.options.fail_after_publish
-        ):
+        if self.options.crash_due(self.tally.moved + written):
             crash_for_test(self.reporter, self.tally.moved + written)
         self.rabbit.ack_through(batch[-1].delivery_tag)
         self.tally.add(queue, written)
         self.tally.skipped_duplicates += len(already)
         self.lock.renew()
         self.reporter.progress(self.tally.moved)
+
+    def already_moved(self, batch: list[amqp.Message], keys: list[str]) -> set[int]:
+        """Which messages of a batch are in Redis already: redelivered after a crash between write and ack."""
+        redelivered = [i for i, message in enumerate(batch) if message.delivery_info.get("redelivered")]
+        if not redelivered:
+            return set()
+        seen = self.client.smismember(MOVED_KEY, [keys[i] for i in redelivered])
+        return {i for i, flag in zip(redelivered, seen, strict=True) if flag}
 
 
 def body_bytes(message: amqp.Message) -> bytes:
