@@ -113,15 +113,18 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 unit: venv ## Unit tests (no server needed)
 	python -m pytest -p no:cacheprovider tests/unit
 
-terraform: ## terraform fmt -check, validate, and terraform test with a mocked AWS provider
+terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, apply/plan/destroy against moto
 	scripts/terraform.sh fmt -check -recursive
 	scripts/terraform.sh init -input=false -backend=false
 	scripts/terraform.sh validate
 	scripts/terraform.sh test
+	scripts/tf-scan.sh
+	scripts/tf-moto-test.sh
 
-molecule: venv ## Molecule scenario default: create, converge, idempotence, verify, destroy
+molecule: venv ## Molecule scenarios default (deploy, idempotence, verify) and migration (Redis -> RabbitMQ and back)
 	scripts/ensure-docker.sh
 	molecule test --scenario-name default
+	molecule test --scenario-name migration
 
 clean: ## Remove .venv and caches (not the deployments)
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

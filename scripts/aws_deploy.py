@@ -186,7 +186,11 @@ def wait_for_status_checks(instance_ids: list[str], region: str) -> None:
 
 def ansible_env(settings: Settings, outputs: dict) -> dict[str, str]:
     env = dict(os.environ)
+    # ssh pins the bastion's host key in the deployment's state directory.
+    (ROOT / ".state" / settings.kit_environment).mkdir(mode=0o700, parents=True, exist_ok=True)
     env.update(
+        # An inventory that cannot be read is an error, not an empty list.
+        ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
         AWS_REGION=settings.region,
         KIT_PROJECT=settings.project,
         KIT_AWS_ENVIRONMENT=settings.environment,
