@@ -33,7 +33,8 @@ else
     rm -f /var/run/docker.pid
   fi
   mkdir -p /var/log
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # In its own session: it outlives the shell (and process group) that started it.
+  setsid nohup dockerd >/var/log/dockerd.log 2>&1 &
 fi
 
 for _ in $(seq 1 60); do

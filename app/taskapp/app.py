@@ -115,6 +115,10 @@ def build_settings(config: dict[str, Any]) -> dict[str, Any]:
         "redis_socket_connect_timeout": 2,
         "redis_socket_timeout": 5,
         "task_routes": {"send_welcome_email": {"queue": "emails"}} if "emails" in queue_names else {},
+        # A task sent without a priority is the least urgent on both brokers
+        # (kombu's Redis default, 0, would make it the most urgent there), so
+        # a broker migration translating 9 - p keeps the order.
+        "task_default_priority": broker_priority(PRIORITY_MIN, config["broker"]),
     }
     if config["broker"] == "rabbitmq":
         # Publisher confirms: apply_async returns only once RabbitMQ has

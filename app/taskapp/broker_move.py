@@ -139,7 +139,7 @@ class Settings:
     """The mover's configuration file."""
 
     redis_url: str
-    amqp_url: str
+    amqp_url: str | None
     queues: tuple[QueueSpec, ...]
     dead_letter_queue: str
 
@@ -172,6 +172,9 @@ def load_settings(path: str) -> Settings:
     if missing or unknown:
         raise MoveError(f"configuration {path}: missing keys {missing}, unknown keys {unknown}")
     for key in ("redis_url", "amqp_url", "dead_letter_queue"):
+        # amqp_url may be null for a plan only: RabbitMQ is not deployed yet.
+        if key == "amqp_url" and raw[key] is None:
+            continue
         if not isinstance(raw[key], str) or not raw[key]:
             raise MoveError(f"configuration {path}: {key} must be a non-empty string")
     if not isinstance(raw["queues"], list) or not raw["queues"]:
@@ -936,6 +939,12 @@ def body_bytes(message: amqp.Message) -> bytes:
 def command_plan(settings: Settings, direction: str) -> tuple[dict[str, Any], int]:
     """Counts on both brokers and what would stop a move; changes nothing."""
     client = connect_redis(settings.redis_url)
+    if settings.amqp_url is None:
+        # Before the first migration RabbitMQ may not exist: Redis alone.
+        redis_side = redis_counts(client, settings.queues)
+        to_move = redis_side["ready"] + redis_side["unacked"] + redis_side["inflight"]
+        blockers = redis_blockers(client) if direction == DIRECTIONS[0] else ["RabbitMQ is not deployed"]
+        return {"to_move": to_move, "blockers": blockers, "redis": redis_side, "rabbitmq": None}, 0
     rabbit = Rabbit(settings.amqp_url)
     try:
         redis_side = redis_counts(client, settings.queues)
@@ -954,6 +963,8 @@ def command_plan(settings: Settings, direction: str) -> tuple[dict[str, Any], in
 
 
 def command_move(settings: Settings, direction: str, options: MoveOptions) -> tuple[dict[str, Any], int]:
+    if settings.amqp_url is None:
+        raise MoveError("amqp_url is null: a move needs RabbitMQ")
     client = connect_redis(settings.redis_url)
     rabbit = Rabbit(settings.amqp_url)
     mover_class = RedisToRabbit if direction == DIRECTIONS[0] else RabbitToRedis

@@ -88,3 +88,9 @@ def test_config_file_with_foreign_default_queue_is_refused(tmp_path):
 def test_unreadable_config_names_the_file(tmp_path):
     with pytest.raises(config_module.ConfigError, match=r"missing\.json"):
         config_module.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("broker", "expected"), [("rabbitmq", 0), ("redis", 9)])
+def test_a_task_without_priority_is_the_least_urgent_on_either_broker(broker, expected):
+    config = dict(config_module.DEFAULTS, broker=broker)
+    assert build_settings(config)["task_default_priority"] == expected
