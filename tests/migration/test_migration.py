@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,10 @@ STEADY_IDS = "/root/steady-ids.txt"
 STOP = "/root/stop"
 COUNTDOWN = 180
 INTERRUPT_AFTER = 40
+# The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+if not Path(ANSIBLE_PLAYBOOK).exists():
+    ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or "ansible-playbook"
 
 
 def container(group: str, index: int = 1) -> str:
@@ -49,7 +55,7 @@ def sh(name: str, command: str, check: bool = True, timeout: float = 600) -> str
 
 def playbook(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """Run a playbook against this deployment, as make would; print its tail."""
-    command = ["ansible-playbook", "-i", "inventories/local", "-e", "local_publish_ports=false", *args]
+    command = [ANSIBLE_PLAYBOOK, "-i", "inventories/local", "-e", "local_publish_ports=false", *args]
     env = dict(os.environ, KIT_LOCAL_DEPLOYMENT=DEPLOYMENT, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
