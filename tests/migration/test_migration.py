@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,15 @@ def migrate(target: str, *args: str) -> subprocess.CompletedProcess:
 
 def api_broker() -> str:
     return json.loads(sh(container("api"), "curl -s -m 5 http://127.0.0.1:8000/healthz"))["broker"]
+
+
+def put_file(name: str, path: str, text: str) -> None:
+    """Write a file into a container (docker cp: no argument-length limit)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as local:
+        local.write(text)
+        local.flush()
+        os.chmod(local.name, 0o644)
+        subprocess.run(["docker", "cp", local.name, f"{name}:{path}"], check=True)
 
 
 def load(name: str, *args: str) -> dict:
@@ -130,7 +140,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
         + [{"task": "send_welcome_email", "args": [f"user{i}@example.com"]} for i in range(200)]
         + [{"task": "process_task", "args": [{"seconds": 0.1}], "queue": "priority", "priority": 9} for _ in range(200)]
     )
-    sh(container("api"), f"cat > /root/spec.json <<'EOF'\n{json.dumps(spec)}\nEOF")
+    put_file(container("api"), "/root/spec.json", json.dumps(spec))
     submitted = load(container("api"), "submit", "/root/spec.json", IDS)
     assert submitted["failures"] == {}, submitted
 
@@ -178,7 +188,7 @@ def test_rollback_moves_back_to_redis_losing_no_task():
     spec = [{"task": "add", "args": [i, 2], "countdown": 20} for i in range(50)] + [
         {"task": "process_task", "args": [{"seconds": 0.2}]} for _ in range(300)
     ]
-    sh(container("api"), f"cat > /root/spec2.json <<'EOF'\n{json.dumps(spec)}\nEOF")
+    put_file(container("api"), "/root/spec2.json", json.dumps(spec))
     sh(container("api"), f"rm -f {IDS}.2")
     assert load(container("api"), "submit", "/root/spec2.json", f"{IDS}.2")["failures"] == {}
 
