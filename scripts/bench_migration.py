@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Benchmark of make migrate: a Redis-broker deployment with a large backlog
+moved to RabbitMQ while producers keep submitting. Reports, it does not judge.
+
+    .venv/bin/python scripts/bench_migration.py [--messages 100000] [--keep]
+
+It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
+172.30.15.0/24, no published ports), deploys it on the Redis broker with a
+RabbitMQ host (as make migrate adds one), keeps every worker slot busy with
+long tasks so the backlog stays in Redis, queues the backlog, then runs
+playbooks/migrate-broker.yml while
+
+- a submitter posts to the API 20 times a second (producer errors),
+- a monitor counts, twice a second, the worker processes running on every
+  worker host (seconds with none: no worker consuming).
+
+Prints the figures as JSON, then removes the deployment (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYMENT = "bench"
+APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
+LOAD = ROOT / "tests" / "migration" / "load.py"
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]
+
+ENQUEUE = """
+import sys, time
+from taskapp.app import app
+count = int(sys.argv[1])
+started = time.monotonic()
+with app.producer_or_acquire() as producer:
+    for i in range(count):
+        app.send_task("add", args=[i, 0], producer=producer)
+print(round(time.monotonic() - started, 1))
+"""
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, KIT_LOCAL_DEPLOYMENT=DEPLOYMENT, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+
+
+def playbook(*args: str) -> str:
+    print(f"--- ansible-playbook {' '.join(args)}", flush=True)
+    result = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", "inventories/local", *EXTRA, *args],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        print(result.stdout[-5000:], result.stderr[-2000:])
+        raise SystemExit(f"playbook failed: {args}")
+    return result.stdout
+
+
+def container(group: str, index: int = 1) -> str:
+    return f"ck-{DEPLOYMENT}-{group}-{index}"
+
+
+def sh(name: str, command: str) -> str:
+    return subprocess.run(
+        ["docker", "exec", name, "bash", "-c", command], capture_output=True, text=True, check=True
+    ).stdout
+
+
+class Monitor(threading.Thread):
+    """Counts running worker processes on every worker host twice a second."""
+
+    def __init__(self, hosts: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.hosts = hosts
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            running = 0
+            for host in self.hosts:
+                out = subprocess.run(
+                    [
+                        "docker",
+                        "exec",
+                        host,
+                        "systemctl",
+                        "list-units",
+                        "taskapp-worker@*",
+                        "--state=running",
+                        "--no-legend",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                running += len([line for line in out.splitlines() if line.strip()])
+            self.samples.append((time.monotonic(), running))
+            time.sleep(0.5)
+
+    def seconds_without_worker(self) -> float:
+        gap = 0.0
+        for (when, running), (later, _) in zip(self.samples, self.samples[1:], strict=False):
+            if running == 0:
+                gap += later - when
+        return round(gap, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--keep", action="store_true", help="keep the deployment afterwards")
+    args = parser.parse_args()
+
+    playbook("-e", "celery_broker=redis", "-e", "local_rabbitmq_hosts=1", "playbooks/local-hosts.yml")
+    playbook("-e", "celery_broker=redis", "playbooks/site.yml")
+    workers = [container("workers", 1), container("workers", 2)]
+    for name in (container("api"), *workers):
+        subprocess.run(["docker", "cp", str(LOAD), f"{name}:/root/load.py"], check=True)
+
+    # Every slot busy (2 hosts x 2 processes x concurrency 2, plus prefetch):
+    # the backlog stays in Redis until the move.
+    busy = json.dumps([{"task": "process_task", "args": [{"seconds": 45}]} for _ in range(16)])
+    sh(container("api"), f"echo '{busy}' > /root/busy.json; {APP} /root/load.py submit /root/busy.json /root/busy-ids")
+    time.sleep(3)
+    enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
+    print(f"--- queued {args.messages} messages in {enqueue_seconds} s", flush=True)
+
+    monitor = Monitor(workers)
+    monitor.start()
+    steady = f"{APP} /root/load.py steady /root/steady-ids /root/stop 20 > /root/steady.json"
+    sh(container("api"), f"rm -f /root/stop; nohup sh -c '{steady}' >/dev/null 2>&1 &")
+    started = time.monotonic()
+    output = playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml")
+    migration_seconds = time.monotonic() - started
+    sh(container("api"), "touch /root/stop; sleep 2")
+    monitor.stop.set()
+    monitor.join()
+    submitter = json.loads(sh(container("api"), "cat /root/steady.json"))
+
+    moved = re.search(r"Moved: (\d+)\s+in ([0-9.]+) s\s+\((\d+) messages/s\)", output.replace("\n", " "))
+    figures = {
+        "backlog_queued": args.messages,
+        "moved": int(moved.group(1)) if moved else None,
+        "move_seconds": float(moved.group(2)) if moved else None,
+        "moved_per_second": int(moved.group(3)) if moved else None,
+        "migration_seconds": round(migration_seconds, 1),
+        "seconds_without_a_running_worker": monitor.seconds_without_worker(),
+        "submissions_accepted_during_migration": submitter["accepted"],
+        "producer_errors": submitter["failures"],
+    }
+    print(json.dumps(figures, indent=2))
+    if not args.keep:
+        playbook("playbooks/local-hosts-destroy.yml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
