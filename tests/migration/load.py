@@ -6,7 +6,7 @@ Copied into a container and run with the app's venv python:
                                API on 127.0.0.1:8000; append the ids to IDS
   load.py steady IDS STOP RATE post add() RATE times a second until the file
                                STOP exists; append ids, count refusals
-  load.py check IDS            on a worker host: which ids have not run (no
+  load.py check IDS            on an app host: which ids have not run (no
                                taskapp:done:<id> in Redis db 2), duplicates
 
 Each prints one JSON summary line.
