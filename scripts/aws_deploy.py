@@ -268,14 +268,20 @@ def run_with_inventory_env(settings: Settings, command: list[str]) -> int:
     return subprocess.run(command, env=ansible_env(settings, outputs), cwd=ROOT, check=False).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The action and its options; after exec, everything is the command."""
+    if argv[:1] == ["exec"]:
+        return argparse.Namespace(action="exec", provision_only=False, command=argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["check", "deploy", "destroy", "exec"])
     parser.add_argument(
         "--provision-only", action="store_true", help="deploy: Terraform and the status-check wait, no Ansible"
     )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="exec: the command to run")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     auto_approve = os.environ.get("AUTO_APPROVE", "") in ("1", "yes", "true")
     try:
         tfvars_text = TFVARS.read_text() if TFVARS.exists() else ""

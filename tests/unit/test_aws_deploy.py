@@ -6,6 +6,7 @@ credentials file, no instance metadata lookup, no terraform.tfvars.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -96,3 +97,14 @@ def test_environment_names_are_checked(tmp_path):
     result = run("deploy", tmp_path, **{**COMPLETE, "TF_VAR_environment": "Prod_1"})
     assert result.returncode == 2
     assert "AWS_ENVIRONMENT='Prod_1'" in result.stderr
+
+
+def test_provision_only_is_an_option_of_deploy_and_exec_passes_everything_on():
+    spec = importlib.util.spec_from_file_location("aws_deploy", SCRIPT)
+    aws_deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(aws_deploy)
+    deploy = aws_deploy.parse_arguments(["deploy", "--provision-only"])
+    assert (deploy.action, deploy.provision_only) == ("deploy", True)
+    command = aws_deploy.parse_arguments(["exec", "ansible-playbook", "-i", "inventories/aws", "--provision-only"])
+    assert command.action == "exec"
+    assert command.command == ["ansible-playbook", "-i", "inventories/aws", "--provision-only"]
