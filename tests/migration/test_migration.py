@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ IDS = "/root/ids.txt"
 STEADY_IDS = "/root/steady-ids.txt"
 STOP = "/root/stop"
 COUNTDOWN = 360
+ROLLBACK_COUNTDOWN = 240
 INTERRUPT_AFTER = 40
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
@@ -67,6 +69,13 @@ def playbook(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
 
 def migrate(target: str, *args: str) -> subprocess.CompletedProcess:
     return playbook("-e", f"migration_target={target}", *args, "playbooks/migrate-broker.yml")
+
+
+def moved_count(output: str) -> int:
+    """Messages the mover moved, from the playbook's final report."""
+    match = re.search(r"Moved: (\d+)", output)
+    assert match, "the migration printed no report"
+    return int(match.group(1))
 
 
 def api_broker() -> str:
@@ -158,11 +167,15 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     failing_mover = json.dumps({"migration_mover_test_arguments": ["--fail-after-publish", str(INTERRUPT_AFTER)]})
     interrupted = migrate("rabbitmq", "-e", failing_mover)
     assert interrupted.returncode != 0, "the move was told to fail and did not"
+    assert '"event": "crash"' in interrupted.stdout
     assert (STATE / "migration").read_text() == "rabbitmq"
 
     # Run again: it goes on from where it stopped.
     finished = migrate("rabbitmq")
     assert finished.returncode == 0
+    # The countdown tasks (held by workers, then handed back) and the dead
+    # worker's reservations were moved by the mover, not consumed on Redis.
+    assert moved_count(finished.stdout) >= 100 - INTERRUPT_AFTER
     assert "possible duplicates" in finished.stdout.lower()
 
     sh(container("api"), f"touch {STOP}; sleep 3; cat /root/steady.json")
@@ -186,7 +199,9 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
 
 
 def test_rollback_moves_back_to_redis_losing_no_task():
-    spec = [{"task": "add", "args": [i, 2], "countdown": 20} for i in range(50)] + [
+    # Countdown tasks due after the switch: RabbitMQ workers hold them until
+    # their warm shutdown hands them back, then the mover takes them to Redis.
+    spec = [{"task": "add", "args": [i, 2], "countdown": ROLLBACK_COUNTDOWN} for i in range(50)] + [
         {"task": "process_task", "args": [{"seconds": 0.2}]} for _ in range(300)
     ]
     put_file(container("api"), "/root/spec2.json", json.dumps(spec))
@@ -195,10 +210,11 @@ def test_rollback_moves_back_to_redis_losing_no_task():
 
     result = migrate("redis")
     assert result.returncode == 0
+    assert moved_count(result.stdout) >= 50
     assert api_broker() == "redis"
     assert (STATE / "broker").read_text() == "redis"
     assert rabbitmq_app_messages() == 0
 
-    report = wait_until_all_ran(f"{IDS}.2", timeout=300)
+    report = wait_until_all_ran(f"{IDS}.2", timeout=ROLLBACK_COUNTDOWN + 300)
     print("executions after the rollback:", report)
     assert report["missing"] == 0, f"{report['missing']} tasks never ran, e.g. {report['missing_sample']}"

@@ -102,6 +102,7 @@ def test_environment_names_are_checked(tmp_path):
 def test_provision_only_is_an_option_of_deploy_and_exec_passes_everything_on():
     spec = importlib.util.spec_from_file_location("aws_deploy", SCRIPT)
     aws_deploy = importlib.util.module_from_spec(spec)
+    sys.modules["aws_deploy"] = aws_deploy  # dataclasses look their module up
     spec.loader.exec_module(aws_deploy)
     deploy = aws_deploy.parse_arguments(["deploy", "--provision-only"])
     assert (deploy.action, deploy.provision_only) == ("deploy", True)
