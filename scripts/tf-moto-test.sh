@@ -209,7 +209,7 @@ export KIT_TF_TEST_EXPECT="$work/expect.json"
 pytest_=(python -m pytest -p no:cacheprovider -q "$root/tests/terraform")
 
 step "inventory of ci (ansible-inventory with the aws_ec2 plugin, tests/terraform)"
-KIT_TF_TEST_STAGE=deployed "${pytest_[@]}"
+"${pytest_[@]}" -m deployed
 
 step "terraform destroy (environment ci)"
 in_workspace ci destroy -auto-approve -input=false -no-color "${ci_vars[@]}" >"$work/destroy-ci.log" 2>&1 || {
@@ -219,7 +219,7 @@ in_workspace ci destroy -auto-approve -input=false -no-color "${ci_vars[@]}" >"$
 grep -E '^Destroy complete' "$work/destroy-ci.log"
 
 step "inventory of ci is empty, other still listed (tests/terraform)"
-KIT_TF_TEST_STAGE=destroyed "${pytest_[@]}"
+"${pytest_[@]}" -m destroyed
 
 step "terraform destroy (environment other)"
 in_workspace other destroy -auto-approve -input=false -no-color "${other_vars[@]}" >"$work/destroy-other.log" 2>&1 || {

@@ -1,11 +1,11 @@
 """The aws inventory (inventories/aws) against deployments made by terraform/.
 
 Run by scripts/tf-moto-test.sh, which applies terraform/ twice into one moto
-server (environments "ci" and "other") and sets:
+server (environments "ci" and "other"), runs the tests marked deployed
+while ci is up and those marked destroyed after its destroy, and sets:
 
   KIT_TF_TEST_EXPECT  JSON file: project, environment, vpc_cidr, counts per
                       group, Terraform's outputs of both deployments
-  KIT_TF_TEST_STAGE   deployed (ci is up) or destroyed (ci was destroyed)
   AWS_ENDPOINT_URL and credentials of the moto server
 
 Nothing here connects to an instance: the inventory is only listed, and the
@@ -32,9 +32,9 @@ if "KIT_TF_TEST_EXPECT" not in os.environ:
     pytest.skip("run by scripts/tf-moto-test.sh (needs its moto server and deployments)", allow_module_level=True)
 
 EXPECT = json.loads(Path(os.environ["KIT_TF_TEST_EXPECT"]).read_text())
-STAGE = os.environ.get("KIT_TF_TEST_STAGE", "deployed")
-deployed = pytest.mark.skipif(STAGE != "deployed", reason="checks a live deployment")
-destroyed = pytest.mark.skipif(STAGE != "destroyed", reason="checks after terraform destroy")
+# scripts/tf-moto-test.sh selects the tests of each stage with -m.
+deployed = pytest.mark.deployed
+destroyed = pytest.mark.destroyed
 
 
 def output(name: str, deployment: dict = EXPECT) -> object:
