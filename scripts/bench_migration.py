@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark of make migrate: a Redis-broker deployment with a large backlog
-moved to RabbitMQ while producers keep submitting. Reports, it does not judge.
+"""Benchmark of make migrate. Reports figures; it does not judge them.
 
     .venv/bin/python scripts/bench_migration.py [--messages 100000] [--keep]
 
 It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
-172.30.15.0/24, no published ports), deploys it on the Redis broker with a
-RabbitMQ host (as make migrate adds one), keeps every worker slot busy with
-long tasks so the backlog stays in Redis, queues the backlog, then runs
-playbooks/migrate-broker.yml while
+172.30.15.0/24, no published ports) on the Redis broker with a RabbitMQ host
+(as make migrate adds one), then measures in three runs of the playbooks:
 
-- a submitter posts to the API 20 times a second (producer errors),
-- a monitor counts, twice a second, the worker processes running on every
-  worker host (seconds with none: no worker consuming).
+1. the move: the workers are stopped, a backlog of --messages tasks is
+   queued in Redis, and playbooks/migrate-broker.yml moves it (step 3 starts
+   the workers on RabbitMQ): messages moved per second;
+2. the way back: make rollback-broker's playbook, with what RabbitMQ still
+   holds;
+3. the switch under load: the workers run, a submitter posts to the API 20
+   times a second, a monitor counts twice a second the worker processes
+   running on every worker host, and the migration runs again: producer
+   errors, and seconds with no worker process running.
 
 Prints the figures as JSON, then removes the deployment (unless --keep).
 """
@@ -118,6 +121,14 @@ class Monitor(threading.Thread):
         return round(gap, 1)
 
 
+def report(output: str) -> dict:
+    """The mover's figures from the playbook's final report."""
+    moved = re.search(r"Moved: (\d+)\s+in ([0-9.]+) s\s+\((\d+) messages/s\)", re.sub(r"\s+", " ", output))
+    if not moved:
+        return {"moved": None}
+    return {"moved": int(moved.group(1)), "seconds": float(moved.group(2)), "per_second": int(moved.group(3))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
@@ -127,39 +138,42 @@ def main() -> int:
     playbook("-e", "celery_broker=redis", "-e", "local_rabbitmq_hosts=1", "playbooks/local-hosts.yml")
     playbook("-e", "celery_broker=redis", "playbooks/site.yml")
     workers = [container("workers", 1), container("workers", 2)]
-    for name in (container("api"), *workers):
-        subprocess.run(["docker", "cp", str(LOAD), f"{name}:/root/load.py"], check=True)
+    subprocess.run(["docker", "cp", str(LOAD), f"{container('api')}:/root/load.py"], check=True)
 
-    # Every slot busy (2 hosts x 2 processes x concurrency 2, plus prefetch):
-    # the backlog stays in Redis until the move.
-    busy = json.dumps([{"task": "process_task", "args": [{"seconds": 45}]} for _ in range(16)])
-    sh(container("api"), f"echo '{busy}' > /root/busy.json; {APP} /root/load.py submit /root/busy.json /root/busy-ids")
-    time.sleep(3)
+    # 1. The move of a backlog nobody consumes meanwhile.
+    for worker in workers:
+        sh(worker, "systemctl stop taskapp-workers.target")
     enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
     print(f"--- queued {args.messages} messages in {enqueue_seconds} s", flush=True)
+    forward = report(playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml"))
 
+    # 2. Back to Redis.
+    backward = report(playbook("-e", "migration_target=redis", "playbooks/migrate-broker.yml"))
+
+    # 3. The switch under load, workers running.
     monitor = Monitor(workers)
     monitor.start()
     steady = f"{APP} /root/load.py steady /root/steady-ids /root/stop 20 > /root/steady.json"
     sh(container("api"), f"rm -f /root/stop; nohup sh -c '{steady}' >/dev/null 2>&1 &")
     started = time.monotonic()
-    output = playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml")
+    playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml")
     migration_seconds = time.monotonic() - started
     sh(container("api"), "touch /root/stop; sleep 2")
     monitor.stop.set()
     monitor.join()
     submitter = json.loads(sh(container("api"), "cat /root/steady.json"))
 
-    moved = re.search(r"Moved: (\d+)\s+in ([0-9.]+) s\s+\((\d+) messages/s\)", output.replace("\n", " "))
     figures = {
         "backlog_queued": args.messages,
-        "moved": int(moved.group(1)) if moved else None,
-        "move_seconds": float(moved.group(2)) if moved else None,
-        "moved_per_second": int(moved.group(3)) if moved else None,
-        "migration_seconds": round(migration_seconds, 1),
-        "seconds_without_a_running_worker": monitor.seconds_without_worker(),
-        "submissions_accepted_during_migration": submitter["accepted"],
-        "producer_errors": submitter["failures"],
+        "redis_to_rabbitmq": forward,
+        "rabbitmq_to_redis": backward,
+        "switch_under_load": {
+            "migration_seconds": round(migration_seconds, 1),
+            "seconds_without_a_running_worker": monitor.seconds_without_worker(),
+            "worker_samples": len(monitor.samples),
+            "submissions_accepted": submitter["accepted"],
+            "producer_errors": submitter["failures"],
+        },
     }
     print(json.dumps(figures, indent=2))
     if not args.keep:
