@@ -171,11 +171,13 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     assert (STATE / "migration").read_text() == "rabbitmq"
 
     # Run again: it goes on from where it stopped.
-    finished = migrate("rabbitmq")
+    # Small batches: the move goes through several, with progress.
+    finished = migrate("rabbitmq", "-e", "migration_batch_size=25")
     assert finished.returncode == 0
     # The countdown tasks (held by workers, then handed back) and the dead
     # worker's reservations were moved by the mover, not consumed on Redis.
     assert moved_count(finished.stdout) >= 100 - INTERRUPT_AFTER
+    assert "batch 3: moved" in finished.stdout
     assert "possible duplicates" in finished.stdout.lower()
 
     sh(container("api"), f"touch {STOP}; sleep 3; cat /root/steady.json")
@@ -208,9 +210,10 @@ def test_rollback_moves_back_to_redis_losing_no_task():
     sh(container("api"), f"rm -f {IDS}.2")
     assert load(container("api"), "submit", "/root/spec2.json", f"{IDS}.2")["failures"] == {}
 
-    result = migrate("redis")
+    result = migrate("redis", "-e", "migration_batch_size=20")
     assert result.returncode == 0
     assert moved_count(result.stdout) >= 50
+    assert "batch 3: moved" in result.stdout
     assert api_broker() == "redis"
     assert (STATE / "broker").read_text() == "redis"
     assert rabbitmq_app_messages() == 0
