@@ -698,7 +698,26 @@ def crash_for_test(reporter: Reporter, done: int) -> None:
     os._exit(CRASH_EXIT_CODE)
 
 
-class RedisToRabbit:
+class Move:
+    """What both directions share: the brokers, the options, the tally, the
+    progress reporter and the one-mover-at-a-time lock."""
+
+    direction = ""
+
+    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
+        self.client = client
+        self.rabbit = rabbit
+        self.settings = settings
+        self.options = options
+        self.tally = Tally()
+        self.reporter = Reporter("move", self.direction)
+        self.lock = Lock(client)
+
+    def room(self) -> int:
+        return self.options.room(self.tally.moved)
+
+
+class RedisToRabbit(Move):
     """Moves the app's messages from Redis db 0 to RabbitMQ.
 
     The journal makes an interrupted move lose nothing. A message first goes
@@ -711,17 +730,7 @@ class RedisToRabbit:
     already, and the app skips a task id that already finished.
     """
 
-    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
-        self.client = client
-        self.rabbit = rabbit
-        self.settings = settings
-        self.options = options
-        self.tally = Tally()
-        self.reporter = Reporter("move", DIRECTIONS[0])
-        self.lock = Lock(client)
-
-    def room(self) -> int:
-        return self.options.room(self.tally.moved)
+    direction = DIRECTIONS[0]
 
     def run(self) -> dict[str, Any]:
         blockers = redis_blockers(self.client)
@@ -830,7 +839,7 @@ class RedisToRabbit:
         self.tally.unmovable += len(raws)
 
 
-class RabbitToRedis:
+class RabbitToRedis(Move):
     """Moves the app's messages from RabbitMQ back to Redis db 0 (rollback).
 
     Each message is got unacknowledged, written into the list kombu would
@@ -841,18 +850,11 @@ class RabbitToRedis:
     The dead-letter queue is left where it is.
     """
 
-    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
-        self.client = client
-        self.rabbit = rabbit
-        self.settings = settings
-        self.options = options
-        self.tally = Tally()
-        self.reporter = Reporter("move", DIRECTIONS[1])
-        self.lock = Lock(client)
-        self.limited = False
+    direction = DIRECTIONS[1]
 
-    def room(self) -> int:
-        return self.options.room(self.tally.moved)
+    def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
+        super().__init__(client, rabbit, settings, options)
+        self.limited = False
 
     def run(self) -> dict[str, Any]:
         before = rabbit_counts(self.rabbit, self.settings)
