@@ -1,9 +1,18 @@
 """The sample tasks.
 
-Each runs at most once in effect per task id: a finished task id is recorded
-in Redis db 2 (the locks database), and a redelivered or duplicated message
-of a finished id is skipped. That makes redelivery after a worker crash, or a
-message moved twice between brokers, harmless.
+Each runs at most once in effect per task id, with two keys in Redis db 2
+(the locks database):
+
+- taskapp:running:<id>, a lease taken (SET NX) before the task runs and
+  renewed while it runs; a second delivery of the same id waits while
+  another process holds it. A worker killed mid-task stops renewing, so its
+  lease lapses within LEASE_SECONDS and the redelivered message runs then.
+- taskapp:done:<id>, the result of a finished id, kept as long as results;
+  a later delivery of a finished id is skipped, counted in the hash
+  taskapp:duplicates, and returns the recorded result.
+
+That makes redelivery after a worker crash, or a message moved twice between
+brokers, harmless, even when both copies reach two workers at the same time.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import fcntl
 import json
 import re
 import socket
+import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -27,6 +38,24 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s]+$")
 MAX_PROCESS_SECONDS = 60
 DONE_KEY = "taskapp:done:{}"
 DUPLICATE_KEY = "taskapp:duplicates"
+RUNNING_KEY = "taskapp:running:{}"
+# How long a lease outlives a process that stopped renewing it (killed).
+LEASE_SECONDS = 20
+LEASE_RENEW_SECONDS = 5
+LEASE_POLL_SECONDS = 0.5
+# Renew or release the lease only while it is still ours.
+RENEW_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
 
 
 class PoisonError(RuntimeError):
@@ -46,14 +75,60 @@ class IdempotentTask(Task):
         if self.locks is None or task_id is None:
             return super().__call__(*args, **kwargs)
         done_key = DONE_KEY.format(task_id)
-        previous = self.locks.get(done_key)
-        if previous is not None:
-            logger.warning("task %s already ran; skipping this duplicate delivery", task_id)
-            self.locks.hincrby(DUPLICATE_KEY, task_id, 1)
-            return json.loads(previous)
-        result = super().__call__(*args, **kwargs)
-        self.locks.set(done_key, json.dumps(result), ex=self.app.conf.taskapp["result_expires"])
+        lease = Lease(self.locks, RUNNING_KEY.format(task_id))
+        waited = False
+        while True:
+            previous = self.locks.get(done_key)
+            if previous is not None:
+                logger.warning("task %s already ran; skipping this duplicate delivery", task_id)
+                self.locks.hincrby(DUPLICATE_KEY, task_id, 1)
+                return json.loads(previous)
+            if lease.acquire():
+                break
+            if not waited:
+                logger.warning("task %s is running in another process; waiting for it", task_id)
+                waited = True
+            time.sleep(LEASE_POLL_SECONDS)
+        try:
+            result = super().__call__(*args, **kwargs)
+            self.locks.set(done_key, json.dumps(result), ex=self.app.conf.taskapp["result_expires"])
+        finally:
+            lease.release()
         return result
+
+
+class Lease:
+    """taskapp:running:<id>: held by one process, renewed by a thread while it runs."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self.client = client
+        self.key = key
+        self.token = uuid.uuid4().hex
+        self.stopped = threading.Event()
+        self.renewer: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self.client.set(self.key, self.token, nx=True, ex=LEASE_SECONDS):
+            return False
+        self.renewer = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
+        self.renewer.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(LEASE_RENEW_SECONDS):
+            try:
+                self.client.eval(RENEW_IF_OURS, 1, self.key, self.token, LEASE_SECONDS)
+            except redis.RedisError as error:  # the next round tries again
+                logger.warning("could not renew %s: %s", self.key, error)
+
+    def release(self) -> None:
+        self.stopped.set()
+        if self.renewer is not None:
+            self.renewer.join()
+        try:
+            self.client.eval(RELEASE_IF_OURS, 1, self.key, self.token)
+        except redis.RedisError as error:  # it lapses on its own
+            logger.warning("could not release %s: %s", self.key, error)
 
 
 @shared_task(base=IdempotentTask, name="add")

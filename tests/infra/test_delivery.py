@@ -1,9 +1,11 @@
 """Tasks outlive their workers: warm shutdown finishes them, a killed worker
 gives them back to the broker (late acks), and a finished id never runs twice."""
 
+import shlex
 import time
+import uuid
 
-from conftest import api_call, configured_worker_units, redis_cli, submit, wait_for_result
+from conftest import APP_PYTHON, api_call, configured_worker_units, redis_cli, submit, wait_for_result
 
 
 def _wait_until_started(api_host, task_id, timeout=30):
@@ -42,3 +44,29 @@ def test_task_of_a_killed_worker_is_delivered_again_and_completes(api_host, grou
     for host in group_hosts("workers"):
         for unit in configured_worker_units(host):
             assert host.service(unit).is_running, f"{unit} did not come back on {host.backend.hostname}"
+
+
+def test_two_deliveries_of_one_task_id_at_the_same_time_run_it_once(api_host, redis_host, group_hosts):
+    # What a message published twice (a move interrupted between RabbitMQ's
+    # confirm and the Redis delete) looks like to the workers: two copies of
+    # one id, taken by two idle worker processes at once.
+    task_id = f"twice-{uuid.uuid4().hex}"
+    send_twice = (
+        "from taskapp.app import app\n"
+        "for _ in range(2):\n"
+        f"    app.send_task('process_task', args=[{{'seconds': 4}}], task_id='{task_id}')\n"
+    )
+    api_host.check_output(f"{APP_PYTHON} -c {shlex.quote(send_twice)}")
+    reply = wait_for_result(api_host, task_id)
+    assert reply["state"] == "SUCCESS"
+    # The second copy waited for the first to finish, then was skipped.
+    deadline = time.monotonic() + 30
+    while redis_cli(redis_host, "HGET", "taskapp:duplicates", task_id, db=2).stdout.strip() != "1":
+        assert time.monotonic() < deadline, f"the second copy of {task_id} was not skipped (did it run too?)"
+        time.sleep(0.5)
+    waited = [
+        host.backend.hostname
+        for host in group_hosts("workers")
+        if host.run(f"journalctl -q --since '-2min' -u 'taskapp-worker@*' | grep -c '{task_id} is running in'").rc == 0
+    ]
+    assert waited, "the two copies did not overlap: no worker waited for the other"

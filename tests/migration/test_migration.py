@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ STOP = "/root/stop"
 COUNTDOWN = 360
 ROLLBACK_COUNTDOWN = 240
 INTERRUPT_AFTER = 40
+EMAILS = 200
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 if not Path(ANSIBLE_PLAYBOOK).exists():
@@ -105,6 +107,19 @@ def wait_until_all_ran(ids_file: str, timeout: float) -> dict:
         time.sleep(5)
 
 
+def welcome_emails_sent() -> Counter:
+    """Task ids in the mail sinks of every worker host, with how often each wrote one."""
+    names = subprocess.run(
+        ["docker", "ps", "--format", "{{.Names}}", "--filter", f"name=ck-{DEPLOYMENT}-workers-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert names, "no worker host found"
+    lines = "".join(sh(name, "cat /var/lib/taskapp/mail-sink.log 2>/dev/null || true") for name in names)
+    return Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
+
+
 def rabbitmq_app_messages() -> int:
     out = sh(container("rabbitmq"), "rabbitmqctl -q --formatter json list_queues -p /celery name messages")
     return sum(queue["messages"] for queue in json.loads(out) if queue["name"] != "dead-letter")
@@ -147,7 +162,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
         [{"task": "process_task", "args": [{"seconds": 20}]} for _ in range(16)]
         + [{"task": "add", "args": [i, 1], "countdown": COUNTDOWN} for i in range(100)]
         + [{"task": "process_task", "args": [{"seconds": 0.2, "n": i}]} for i in range(1500)]
-        + [{"task": "send_welcome_email", "args": [f"user{i}@example.com"]} for i in range(200)]
+        + [{"task": "send_welcome_email", "args": [f"user{i}@example.com"]} for i in range(EMAILS)]
         + [{"task": "process_task", "args": [{"seconds": 0.1}], "queue": "priority", "priority": 9} for _ in range(200)]
     )
     put_file(container("api"), "/root/spec.json", json.dumps(spec))
@@ -199,6 +214,12 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     assert report["unique"] == report["submitted"]
     assert report["missing"] == 0, f"{report['missing']} accepted tasks never ran, e.g. {report['missing_sample']}"
 
+    # What a user would notice first: nobody got their welcome email twice.
+    sent = welcome_emails_sent()
+    assert len(sent) == EMAILS
+    sent_twice = [task_id for task_id, count in sent.items() if count > 1]
+    assert not sent_twice, f"{len(sent_twice)} welcome emails were sent twice, e.g. {sent_twice[:5]}"
+
 
 def test_rollback_moves_back_to_redis_losing_no_task():
     # Countdown tasks due after the switch: RabbitMQ workers hold them until
@@ -221,3 +242,11 @@ def test_rollback_moves_back_to_redis_losing_no_task():
     report = wait_until_all_ran(f"{IDS}.2", timeout=ROLLBACK_COUNTDOWN + 300)
     print("executions after the rollback:", report)
     assert report["missing"] == 0, f"{report['missing']} tasks never ran, e.g. {report['missing_sample']}"
+
+
+def test_a_later_deploy_on_redis_keeps_the_rabbitmq_host():
+    # Its dead-letter queue may hold failed tasks: only RABBITMQ_HOSTS=0 removes it.
+    hosts = playbook("playbooks/local-hosts.yml")
+    assert hosts.returncode == 0
+    running = sh(container("rabbitmq"), "systemctl is-active rabbitmq-server", check=False).strip()
+    assert running == "active", f"the RabbitMQ host is gone or stopped after a deploy on Redis ({running!r})"
