@@ -10,8 +10,9 @@ It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
 1. the move: the workers are stopped, a backlog of --messages tasks is
    queued in Redis, and playbooks/migrate-broker.yml moves it (step 3 starts
    the workers on RabbitMQ): messages moved per second;
-2. the way back: make rollback-broker's playbook, with what RabbitMQ still
-   holds;
+2. the way back: the workers are stopped again, a second backlog of
+   --messages tasks is queued in RabbitMQ, and make rollback-broker's
+   playbook moves it to Redis;
 3. the switch under load: the workers run, a submitter posts to the API 20
    times a second, a monitor counts twice a second the worker processes
    running on every worker host, and the migration runs again: producer
@@ -147,7 +148,12 @@ def main() -> int:
     print(f"--- queued {args.messages} messages in {enqueue_seconds} s", flush=True)
     forward = report(playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml"))
 
-    # 2. Back to Redis.
+    # 2. Back to Redis: the RabbitMQ workers consumed the first backlog by
+    # now, so a second one is queued in RabbitMQ with the workers stopped.
+    for worker in workers:
+        sh(worker, "systemctl stop taskapp-workers.target")
+    enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
+    print(f"--- queued {args.messages} messages in RabbitMQ in {enqueue_seconds} s", flush=True)
     backward = report(playbook("-e", "migration_target=redis", "playbooks/migrate-broker.yml"))
 
     # 3. The switch under load, workers running.
