@@ -63,7 +63,7 @@ class PoisonError(RuntimeError):
 
 
 class IdempotentTask(Task):
-    """A task that records its finished ids in Redis db 2 and skips repeats."""
+    """A task that runs under a lease in Redis db 2, records finished ids there and skips repeats."""
 
     @cached_property
     def locks(self) -> redis.Redis | None:
