@@ -148,8 +148,9 @@ def main() -> int:
     print(f"--- queued {args.messages} messages in {enqueue_seconds} s", flush=True)
     forward = report(playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml"))
 
-    # 2. Back to Redis: the RabbitMQ workers consumed the first backlog by
-    # now, so a second one is queued in RabbitMQ with the workers stopped.
+    # 2. Back to Redis: a second backlog joins, with the workers stopped,
+    # what the RabbitMQ workers have not consumed of the first (the playbook's
+    # switch steps take minutes, during which they would drain RabbitMQ).
     for worker in workers:
         sh(worker, "systemctl stop taskapp-workers.target")
     enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
