@@ -122,6 +122,14 @@ class Monitor(threading.Thread):
         return round(gap, 1)
 
 
+def queue_backlog(workers: list[str], messages: int, broker: str) -> None:
+    """Stop the workers, then queue messages on the deployment's current broker."""
+    for worker in workers:
+        sh(worker, "systemctl stop taskapp-workers.target")
+    seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {messages}").strip()
+    print(f"--- queued {messages} messages in {broker} in {seconds} s", flush=True)
+
+
 def report(output: str) -> dict:
     """The mover's figures from the playbook's final report."""
     moved = re.search(r"Moved: (\d+)\s+in ([0-9.]+) s\s+\((\d+) messages/s\)", re.sub(r"\s+", " ", output))
@@ -142,19 +150,13 @@ def main() -> int:
     subprocess.run(["docker", "cp", str(LOAD), f"{container('api')}:/root/load.py"], check=True)
 
     # 1. The move of a backlog nobody consumes meanwhile.
-    for worker in workers:
-        sh(worker, "systemctl stop taskapp-workers.target")
-    enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
-    print(f"--- queued {args.messages} messages in {enqueue_seconds} s", flush=True)
+    queue_backlog(workers, args.messages, "Redis")
     forward = report(playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml"))
 
     # 2. Back to Redis: a second backlog joins, with the workers stopped,
     # what the RabbitMQ workers have not consumed of the first (the playbook's
     # switch steps take minutes, during which they would drain RabbitMQ).
-    for worker in workers:
-        sh(worker, "systemctl stop taskapp-workers.target")
-    enqueue_seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {args.messages}").strip()
-    print(f"--- queued {args.messages} messages in RabbitMQ in {enqueue_seconds} s", flush=True)
+    queue_backlog(workers, args.messages, "RabbitMQ")
     backward = report(playbook("-e", "migration_target=redis", "playbooks/migrate-broker.yml"))
 
     # 3. The switch under load, workers running.
