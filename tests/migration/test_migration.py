@@ -107,14 +107,19 @@ def wait_until_all_ran(ids_file: str, timeout: float) -> dict:
         time.sleep(5)
 
 
-def welcome_emails_sent() -> Counter:
-    """Task ids in the mail sinks of every worker host, with how often each wrote one."""
-    names = subprocess.run(
-        ["docker", "ps", "--format", "{{.Names}}", "--filter", f"name=ck-{DEPLOYMENT}-workers-"],
+def containers_named(part: str) -> list[str]:
+    """Containers, running or not, whose name contains part."""
+    return subprocess.run(
+        ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={part}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
+
+
+def welcome_emails_sent() -> Counter:
+    """Task ids in the mail sinks of every worker host, with how often each wrote one."""
+    names = containers_named(f"ck-{DEPLOYMENT}-workers-")
     assert names, "no worker host found"
     lines = "".join(sh(name, "cat /var/lib/taskapp/mail-sink.log 2>/dev/null || true") for name in names)
     return Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
@@ -244,9 +249,14 @@ def test_rollback_moves_back_to_redis_losing_no_task():
     assert report["missing"] == 0, f"{report['missing']} tasks never ran, e.g. {report['missing_sample']}"
 
 
-def test_a_later_deploy_on_redis_keeps_the_rabbitmq_host():
+def test_a_later_deploy_on_redis_keeps_the_rabbitmq_host_until_told_to_remove_it():
     # Its dead-letter queue may hold failed tasks: only RABBITMQ_HOSTS=0 removes it.
     hosts = playbook("playbooks/local-hosts.yml")
     assert hosts.returncode == 0
     running = sh(container("rabbitmq"), "systemctl is-active rabbitmq-server", check=False).strip()
     assert running == "active", f"the RabbitMQ host is gone or stopped after a deploy on Redis ({running!r})"
+
+    removed = playbook("-e", "local_rabbitmq_hosts=0", "playbooks/local-hosts.yml")
+    assert removed.returncode == 0
+    left = containers_named(container("rabbitmq"))
+    assert left == [], f"RABBITMQ_HOSTS=0 left {left}"
