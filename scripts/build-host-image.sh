@@ -1,49 +1,65 @@
 #!/usr/bin/env bash
-# Build the local host image: Debian 12 with systemd as PID 1.
+# Build the local host image: Debian with systemd as PID 1.
 #
 # No image registry is needed: the root filesystem is made with debootstrap
-# from a Debian mirror and loaded with `docker import`. The mirror is taken,
-# in this order, from DEBIAN_MIRROR, or from this machine's own apt
-# configuration (deb822 *.sources or a classic sources.list line).
+# from a Debian mirror and loaded with `docker import`. The image's tag names
+# the Debian suite (celery-kit-host:trixie-1 is Debian 13, "trixie"); the
+# default image is local_image in playbooks/group_vars/all/local.yml.
 #
-# Usage: scripts/build-host-image.sh [IMAGE]   (default: $KIT_HOST_IMAGE)
+# The mirror is taken, in this order, from DEBIAN_MIRROR, or from this
+# machine's own apt configuration (deb822 *.sources or a classic
+# sources.list line naming a Debian mirror). The image's apt sources list the
+# suite, its -updates and its -security suite (from DEBIAN_SECURITY_MIRROR,
+# this machine's apt configuration, or the mirror's debian-security sibling),
+# so the hosts receive Debian's security updates.
+#
+# Usage: scripts/build-host-image.sh [IMAGE]
 # Does nothing when the image already exists; FORCE=1 rebuilds it.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-image="${1:-${KIT_HOST_IMAGE:-celery-kit-host:bookworm-1}}"
-suite="${DEBIAN_SUITE:-bookworm}"
+default_image() {
+  awk '$1 == "local_image:" { print $2; exit }' playbooks/group_vars/all/local.yml
+}
+image="${1:-$(default_image)}"
+tag="${image##*:}"
+suite="${tag%%-*}"
+if [ -z "$image" ] || [ "$tag" = "$image" ] || [ -z "$suite" ]; then
+  echo "error: the image name must carry the Debian suite in its tag, e.g. celery-kit-host:trixie-1 (got '$image')" >&2
+  exit 2
+fi
 
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
   echo "host image $image is present"
   exit 0
 fi
 
-find_mirror() {
-  # deb822 format: the URIs line of a stanza that lists the suite.
+# Every URI of this machine's apt sources, with the suites it serves.
+apt_uris() {
   local f
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
-    awk -v suite="$suite" '
-      /^[[:space:]]*$/ { if (uris != "" && has) { print uris; exit } uris=""; has=0; next }
+    awk '
+      /^[[:space:]]*$/ { if (uris != "") print uris, suites; uris=""; suites=""; next }
       /^URIs:/ { uris=$2 }
-      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) has=1 }
-      END { if (uris != "" && has) print uris }
-    ' "$f" | { grep -v -- '-security' || true; } | head -n 1
+      /^Suites:/ { $1=""; suites=$0 }
+      END { if (uris != "") print uris, suites }
+    ' "$f"
   done
-  # classic one-line format
   { cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true; } |
-    awk -v suite="$suite" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i == suite) { u=$(i-1); print u; exit } }' |
-    { grep -v -- '-security' || true; } | head -n 1
+    awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i, $(i+1); break } }'
 }
 
-mirror="${DEBIAN_MIRROR:-}"
-if [ -z "$mirror" ]; then
-  mirror="$(find_mirror | head -n 1)"
-fi
+# A Debian mirror serves one of Debian's code names; -security ones are the
+# security archive.
+debian_suites='(buster|bullseye|bookworm|trixie|forky|sid|stable|testing|unstable)'
+mirror="${DEBIAN_MIRROR:-$(apt_uris | grep -E " $debian_suites( |$)" | head -n 1 | cut -d' ' -f1 || true)}"
+security="${DEBIAN_SECURITY_MIRROR:-$(apt_uris | grep -E " $debian_suites-security( |$)" | head -n 1 | cut -d' ' -f1 || true)}"
 if [ -z "$mirror" ]; then
   echo "error: no Debian mirror found in this machine's apt configuration; set DEBIAN_MIRROR=<url of a Debian mirror>" >&2
   exit 2
 fi
+security="${security:-${mirror%/debian}/debian-security}"
 if [ "$(id -u)" != 0 ]; then
   echo "error: building the host image needs root (debootstrap); run: sudo $0 $image" >&2
   exit 2
@@ -58,15 +74,39 @@ if ! command -v debootstrap >/dev/null; then
     exit 2
   fi
 fi
+if [ ! -e "/usr/share/debootstrap/scripts/$suite" ]; then
+  echo "error: this machine's debootstrap does not know the suite '$suite'; install a newer debootstrap" >&2
+  exit 2
+fi
 
 work="$(mktemp -d /var/tmp/celery-kit-rootfs.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 rootfs="$work/rootfs"
 
-echo "building $image from $mirror ($suite)"
+echo "building $image from $mirror ($suite; security updates from $security)"
 debootstrap --variant=minbase \
   --include=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,procps,ca-certificates,sudo,curl,gnupg \
   "$suite" "$rootfs" "$mirror"
+
+# The suite, its updates and its security updates, in deb822 form.
+rm -f "$rootfs/etc/apt/sources.list"
+cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<SOURCES
+Types: deb
+URIs: $mirror
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+
+# Package lists of all three suites, so the first apt run on a host already
+# sees the security updates (the roles refresh lists older than an hour).
+chroot "$rootfs" apt-get update -qq
 
 # Boot only what a server needs: no consoles, no kernel-only units.
 for unit in getty.target console-getty.service systemd-udevd.service \
@@ -77,7 +117,6 @@ for unit in getty.target console-getty.service systemd-udevd.service \
 done
 echo "$suite-celery-kit-host" >"$rootfs/etc/hostname"
 : >"$rootfs/etc/machine-id"
-# Package lists stay: the roles refresh them when they are older than an hour.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb
 
 tar -C "$rootfs" --numeric-owner -c . |

@@ -2,12 +2,16 @@
 # Integration test of terraform/ and inventories/aws against a local AWS API:
 # moto_server on a free loopback port, no AWS account, no network.
 #
-#   1. terraform init, apply (deployment "ci": 1 rabbitmq, 1 redis, 2 workers,
-#      1 api), then plan -detailed-exitcode must find nothing to change;
-#   2. a second deployment (environment "other") applied into the same moto;
+#   1. terraform init, apply (deployment "ci", the default sizes: 3 rabbitmq,
+#      1 redis, 2 workers, 1 api over 3 availability zones), then plan
+#      -detailed-exitcode must find nothing to change, also with another
+#      AMI (the instances ignore it); 2 rabbitmq nodes are refused;
+#   2. a second deployment (environment "other", 1 rabbitmq) applied into
+#      the same moto;
 #   3. tests/terraform (pytest): the aws_ec2 inventory of "ci" has exactly its
 #      hosts in the groups rabbitmq, redis, workers and api, none of "other",
-#      every ansible_host the host's private address;
+#      every ansible_host the host's private address, the rabbitmq nodes in
+#      distinct availability zones;
 #   4. terraform destroy of "ci"; its inventory is empty, "other" untouched;
 #   5. terraform destroy of "other".
 #
@@ -141,17 +145,21 @@ terraform_ init -input=false -no-color >"$work/init.log" 2>&1 || {
 }
 tail -n 1 "$work/init.log"
 
-# moto has no Debian image: any of its stock x86_64 images stands in.
-ami="$(python - <<'PY'
+# moto has no Debian image: any of its stock x86_64 images stands in; a
+# second one plays the newer image the instances must ignore.
+read -r ami newer_ami < <(python - <<'PY'
 import boto3
 
 images = boto3.client("ec2").describe_images(Filters=[{"Name": "architecture", "Values": ["x86_64"]}])["Images"]
-print(sorted(image["ImageId"] for image in images)[0])
+print(*sorted(image["ImageId"] for image in images)[:2])
 PY
-)"
+)
+[ -n "${newer_ami:-}" ] || fail "moto offers fewer than two x86_64 images"
 common_vars=(-var "region=$AWS_REGION" -var "operator_cidr=203.0.113.0/24" -var "key_name=tf-moto-test" -var "ami_id=$ami")
-ci_vars=("${common_vars[@]}" -var "environment=ci"
-  -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=2},api={count=1}}')
+# ci: the default sizes and zones of terraform/variables.tf.
+ci_vars=("${common_vars[@]}" -var "environment=ci")
+ci_counts='{"rabbitmq": 3, "redis": 1, "workers": 2, "api": 1}'
+ci_az_count=3
 other_vars=("${common_vars[@]}" -var "environment=other"
   -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=1},api={count=1}}')
 
@@ -162,7 +170,7 @@ in_workspace() {
   terraform_ "$@"
 }
 
-step "terraform apply (environment ci: 1 rabbitmq, 1 redis, 2 workers, 1 api)"
+step "terraform apply (environment ci: 3 rabbitmq, 1 redis, 2 workers, 1 api)"
 in_workspace ci apply -auto-approve -input=false -no-color "${ci_vars[@]}" >"$work/apply-ci.log" 2>&1 || {
   cat "$work/apply-ci.log" >&2
   fail "terraform apply (ci)"
@@ -187,6 +195,31 @@ case $plan_rc in
 esac
 terraform_ output -json >"$work/outputs-ci.json"
 
+step "a newer image replaces no instance (lifecycle ignore_changes)"
+set +e
+in_workspace ci plan -detailed-exitcode -input=false -no-color "${ci_vars[@]}" -var "ami_id=$newer_ami" >"$work/plan-ci-ami.log" 2>&1
+plan_rc=$?
+set -e
+case $plan_rc in
+  0) grep -E '^No changes' "$work/plan-ci-ami.log" ;;
+  2)
+    grep -E '^  # |^Plan:' "$work/plan-ci-ami.log" >&2 || true
+    fail "ami_id=$newer_ami (instead of $ami) wants to change instances"
+    ;;
+  *)
+    cat "$work/plan-ci-ami.log" >&2
+    fail "terraform plan (ci, ami_id=$newer_ami)"
+    ;;
+esac
+
+step "2 rabbitmq nodes are refused, with the reason"
+if in_workspace ci plan -refresh=false -input=false -no-color "${ci_vars[@]}" -var 'hosts={rabbitmq={count=2}}' >"$work/plan-two.log" 2>&1; then
+  fail "a plan with 2 rabbitmq nodes succeeded"
+fi
+# Terraform wraps the message: join the lines of the log first.
+tr -s ' \n' ' ' <"$work/plan-two.log" | grep -Eo 'hosts.rabbitmq.count must be 1, or 3 and more, not 2: quorum queues need a majority[^.]*\.' \
+  || { cat "$work/plan-two.log" >&2; fail "the plan with 2 rabbitmq nodes failed without the reason"; }
+
 step "terraform apply (environment other, same moto: must stay out of ci's inventory)"
 in_workspace other apply -auto-approve -input=false -no-color "${other_vars[@]}" >"$work/apply-other.log" 2>&1 || {
   cat "$work/apply-other.log" >&2
@@ -200,7 +233,8 @@ cat >"$work/expect.json" <<JSON
   "project": "celery-kit",
   "environment": "ci",
   "vpc_cidr": "10.42.0.0/16",
-  "counts": {"rabbitmq": 1, "redis": 1, "workers": 2, "api": 1},
+  "counts": $ci_counts,
+  "az_count": $ci_az_count,
   "outputs": $(cat "$work/outputs-ci.json"),
   "other": {"environment": "other", "outputs": $(cat "$work/outputs-other.json")}
 }

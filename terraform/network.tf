@@ -11,6 +11,13 @@ data "aws_availability_zones" "available" {
     name   = "opt-in-status"
     values = ["opt-in-not-required"]
   }
+
+  lifecycle {
+    postcondition {
+      condition     = length(self.names) >= var.az_count
+      error_message = "Region ${var.region} has ${length(self.names)} availability zones (${join(", ", self.names)}), fewer than az_count = ${var.az_count}: set az_count = ${max(2, length(self.names))} (with 2 zones the RabbitMQ cluster survives the loss of a node, not of a zone)."
+    }
+  }
 }
 
 locals {

@@ -58,9 +58,9 @@ variable "vpc_cidr" {
 }
 
 variable "az_count" {
-  description = "Availability zones to spread subnets and hosts over (at least 2)."
+  description = "Availability zones to spread subnets and hosts over (2 to 4; the region must have that many). 3 by default, so the 3 RabbitMQ nodes sit in 3 zones and the cluster survives the loss of one; in a region with only 2 zones set 2 (the cluster then survives the loss of one node, not of a zone). Changing it on a deployment moves, i.e. replaces, the hosts whose zone changes."
   type        = number
-  default     = 2
+  default     = 3
 
   validation {
     condition     = var.az_count >= 2 && var.az_count <= 4
@@ -69,9 +69,9 @@ variable "az_count" {
 }
 
 variable "hosts" {
-  description = "Per inventory group: how many instances and of which type."
+  description = "Per inventory group: how many instances and of which type. rabbitmq: 1 (a single broker) or 3 and more (a cluster, spread over the zones), never 2; by default 3 rabbitmq, 1 redis, 2 workers, 1 api."
   type = object({
-    rabbitmq = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.medium") }), {})
+    rabbitmq = optional(object({ count = optional(number, 3), instance_type = optional(string, "t3.medium") }), {})
     redis    = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
     workers  = optional(object({ count = optional(number, 2), instance_type = optional(string, "t3.small") }), {})
     api      = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.micro") }), {})
@@ -86,6 +86,11 @@ variable "hosts" {
     ])
     error_message = "Each group needs at least one host; at most 9 rabbitmq and 50 workers."
   }
+
+  validation {
+    condition     = var.hosts.rabbitmq.count != 2
+    error_message = "hosts.rabbitmq.count must be 1, or 3 and more, not 2: quorum queues need a majority of their nodes, so with 2 either one stopping stops every queue, which is less available than 1 node."
+  }
 }
 
 variable "bastion_instance_type" {
@@ -95,7 +100,7 @@ variable "bastion_instance_type" {
 }
 
 variable "ami_id" {
-  description = "AMI for every host; null looks up the newest official Debian 12 (amd64) image."
+  description = "AMI for every host; null looks up the newest official Debian 13 (amd64) image. Read when a host is created: a later change (or a newer Debian image) leaves running hosts alone; replace one deliberately with terraform apply -replace."
   type        = string
   default     = null
 }

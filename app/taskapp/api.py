@@ -82,6 +82,7 @@ SUBMITTABLE: dict[str, Callable[[dict[str, Any]], None]] = {
     "send_welcome_email": _check_email,
     "process_task": _check_process,
     "poison": _check_nothing,
+    "health": _check_nothing,
 }
 
 
@@ -120,7 +121,9 @@ def validate_submission(celery_app: Celery, body: Any, queue_names: list[str], m
         _number("countdown", countdown)
         if not 0 <= countdown <= max_countdown:
             raise BadRequest(f"countdown must be between 0 and {max_countdown} seconds")
-        options["countdown"] = countdown
+        # Whole seconds, rounded up: RabbitMQ's delayed delivery counts in
+        # seconds (a fraction below one would not be delayed at all).
+        options["countdown"] = math.ceil(countdown)
     if "priority" in body:
         priority = body["priority"]
         if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
@@ -139,6 +142,9 @@ def create_api(celery_app: Celery) -> Flask:
     api = Flask(__name__)
     api.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     settings = celery_app.conf.taskapp
+    # Workers wait for Redis to come back; the API answers 503 at once
+    # instead (set before the result backend is first used).
+    celery_app.conf.result_backend_always_retry = False
     # The API never blocks on a result: GET /tasks/<id> reads it. Celery's
     # Redis result backend would otherwise subscribe to every submitted id,
     # growing without bound in a long-lived producer and blocking submissions

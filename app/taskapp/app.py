@@ -4,6 +4,10 @@ Every setting that differs from Celery's default says why. The queues are
 declared exactly as the rabbitmq role declares them: RabbitMQ refuses a
 redeclaration with other arguments (PRECONDITION_FAILED), so both are built
 from the same list in the inventory.
+
+On RabbitMQ the app queues are quorum queues bound to a topic exchange, so
+Celery (5.5 and later) uses RabbitMQ's native delayed delivery: a countdown
+task waits in the broker's delay queues, not in a worker's memory.
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ PRIORITY_MIN = 0
 PRIORITY_MAX = 9
 
 
+# RabbitMQ 4.0 quorum queues know two priorities: a message whose priority
+# is above 4 is urgent and delivered before the others (two urgent ones for
+# every normal one while both wait), 0-4 and none are normal.
+QUORUM_URGENT_FROM = 5
+
+
 def broker_priority(priority: int, broker: str) -> int:
     """Translate an API priority (9 most urgent) into the broker's scale.
 
-    RabbitMQ delivers higher numbers first; kombu's Redis transport serves
-    its priority sub-queues from 0 upwards, so 0 is the most urgent there.
+    RabbitMQ delivers higher numbers first (a quorum queue: 5-9 before 0-4);
+    kombu's Redis transport serves its priority sub-queues from 0 upwards, so
+    0 is the most urgent there.
     """
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ValueError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
@@ -34,18 +45,25 @@ def broker_priority(priority: int, broker: str) -> int:
 def queue_arguments(queue: dict[str, Any]) -> dict[str, Any]:
     """The x-arguments of a queue, as the rabbitmq role passes them."""
     arguments: dict[str, Any] = {}
-    if queue.get("type", "classic") == "quorum":
+    if queue.get("type", config_module.DEFAULT_QUEUE_TYPE) == "quorum":
         arguments["x-queue-type"] = "quorum"
     if queue.get("max_priority") is not None:
         arguments["x-max-priority"] = queue["max_priority"]
     return arguments
 
 
+# Celery's native delayed delivery routes a delayed message through topic
+# exchanges (its routing key carries the delay's bits before the queue's
+# key); it does not work with direct exchanges. The rabbitmq role declares
+# the same type.
+EXCHANGE_TYPE = "topic"
+
+
 def build_queues(config: dict[str, Any]) -> list[Queue]:
-    """kombu queues bound to their durable direct exchange by queue name."""
+    """kombu queues bound to their durable topic exchange by queue name."""
     queues = []
     for queue in config["queues"]:
-        exchange = Exchange(queue.get("exchange", "tasks"), type="direct", durable=True)
+        exchange = Exchange(queue.get("exchange", "tasks"), type=EXCHANGE_TYPE, durable=True)
         queues.append(
             Queue(
                 queue["name"],
@@ -59,8 +77,13 @@ def build_queues(config: dict[str, Any]) -> list[Queue]:
 
 
 def longest_hold_seconds(config: dict[str, Any]) -> int:
-    """Longest time a worker may hold a delivery: countdown plus run time."""
+    """Longest time a Redis-broker worker may hold a delivery: countdown plus run time."""
     return config["max_countdown"] + config["task_time_limit"] + 60
+
+
+def broker_urls(config: dict[str, Any]) -> list[str]:
+    """The broker's URLs: one per RabbitMQ node, tried in this order (failover)."""
+    return [url for url in config["broker_url"].split(";") if url]
 
 
 def build_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +97,7 @@ def build_settings(config: dict[str, Any]) -> dict[str, Any]:
         "task_queues": build_queues(config),
         "task_default_queue": default_queue,
         "task_default_exchange": "tasks",
+        "task_default_exchange_type": EXCHANGE_TYPE,
         "task_default_routing_key": default_queue,
         # A task sent to a queue nobody declared would sit unconsumed.
         "task_create_missing_queues": False,
@@ -103,18 +127,33 @@ def build_settings(config: dict[str, Any]) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         # Producers must not hang on an unreachable broker: short connect
-        # timeout and a bounded publish retry, then the API answers 503.
+        # timeout and a bounded publish retry, then the API answers 503. A
+        # retry connects to the next node of the list (failover), so every
+        # node is tried once before a submission is refused.
         "broker_connection_timeout": 2.0,
+        "broker_failover_strategy": "round-robin",
         "task_publish_retry_policy": {
-            "max_retries": 1,
+            "max_retries": max(len(broker_urls(config)), 1),
             "interval_start": 0,
             "interval_step": 0.5,
             "interval_max": 0.5,
         },
+        # A Redis restart or outage must not fail a task: workers retry
+        # every result write (and the STARTED state) until Redis is back,
+        # with backoff, instead of failing the task and dead-lettering it.
+        # (The API turns this off: it answers 503 at once instead.)
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "broker_connection_retry_on_startup": True,
         "redis_socket_connect_timeout": 2,
         "redis_socket_timeout": 5,
-        "task_routes": {"send_welcome_email": {"queue": "emails"}} if "emails" in queue_names else {},
+        # Welcome emails have their queue; the kit's health check has its
+        # own, so it never waits behind the tasks users queued.
+        "task_routes": {
+            name: {"queue": queue}
+            for name, queue in (("send_welcome_email", "emails"), ("health", "health"))
+            if queue in queue_names
+        },
         # A task sent without a priority is the least urgent on both brokers
         # (kombu's Redis default, 0, would make it the most urgent there), so
         # a broker migration translating 9 - p keeps the order.
@@ -122,8 +161,14 @@ def build_settings(config: dict[str, Any]) -> dict[str, Any]:
     }
     if config["broker"] == "rabbitmq":
         # Publisher confirms: apply_async returns only once RabbitMQ has
-        # taken responsibility for the message.
+        # taken responsibility for the message (on a quorum queue: once a
+        # majority of its members wrote it).
         settings["broker_transport_options"] = {"confirm_publish": True}
+        # Quorum queues refuse global QoS; Celery detects them and counts
+        # prefetch per consumer, and declares the delay queues it needs as
+        # quorum queues (both are Celery's defaults, set here on purpose).
+        settings["worker_detect_quorum_queues"] = True
+        settings["broker_native_delayed_delivery_queue_type"] = "quorum"
     else:
         settings["broker_transport_options"] = {
             # An unacknowledged message comes back after this long; it must

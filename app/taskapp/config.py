@@ -15,11 +15,15 @@ from typing import Any
 
 CONFIG_ENV = "TASKAPP_CONFIG"
 
-# Queues as the rabbitmq role declares them (rabbitmq_queues format).
+# Queues as the rabbitmq role declares them (rabbitmq_queues format); a
+# queue without a type is a quorum queue, as in the role.
+DEFAULT_QUEUE_TYPE = "quorum"
+QUEUE_TYPES = ("quorum", "classic")
 DEFAULT_QUEUES = [
-    {"name": "default", "exchange": "tasks"},
-    {"name": "emails", "exchange": "tasks"},
-    {"name": "priority", "exchange": "tasks", "max_priority": 10},
+    {"name": "health", "type": "quorum", "exchange": "tasks", "dead_letter": False},
+    {"name": "default", "type": "quorum", "exchange": "tasks"},
+    {"name": "emails", "type": "quorum", "exchange": "tasks"},
+    {"name": "priority", "type": "quorum", "exchange": "tasks"},
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -68,6 +72,12 @@ def validate(config: dict[str, Any]) -> None:
     names = [queue.get("name") for queue in config["queues"]]
     if not names or not all(isinstance(name, str) and name for name in names):
         raise ConfigError("queues must be a non-empty list of objects with a name")
+    for queue in config["queues"]:
+        kind = queue.get("type", DEFAULT_QUEUE_TYPE)
+        if kind not in QUEUE_TYPES:
+            raise ConfigError(f"queue {queue['name']!r}: type must be one of {QUEUE_TYPES}, not {kind!r}")
+        if kind == "quorum" and queue.get("max_priority") is not None:
+            raise ConfigError(f"queue {queue['name']!r}: max_priority applies to classic queues only")
     if config["default_queue"] not in names:
         raise ConfigError(f"default_queue {config['default_queue']!r} is not one of the queues {names}")
     for key in ("task_time_limit", "max_countdown", "result_expires"):

@@ -13,6 +13,13 @@ Each runs at most once in effect per task id, with two keys in Redis db 2
 
 That makes redelivery after a worker crash, or a message moved twice between
 brokers, harmless, even when both copies reach two workers at the same time.
+
+A Redis restart or outage is not the task's failure: every call to Redis
+waits for it to come back (connection errors, timeouts, and LOADING while a
+restarted Redis reads its data), with backoff. Before the task runs the wait
+lasts up to half the soft time limit; then the message goes back to its
+queue (requeued, not dead-lettered) for a later try. After the task ran, the
+finished mark is retried for as long as the time limit leaves.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 logger = get_task_logger(__name__)
@@ -56,6 +64,32 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# What a restart or an outage of Redis raises (BusyLoadingError, Redis
+# loading its data after a restart, is a ConnectionError).
+REDIS_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_RETRY_FIRST_SECONDS = 0.1
+REDIS_RETRY_MAX_SECONDS = 2.0
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis did not come back before the deadline."""
+
+
+def call_redis(what: str, call: Any, deadline: float) -> Any:
+    """Run call() and retry it with backoff while Redis is restarting or unreachable, until deadline."""
+    delay = REDIS_RETRY_FIRST_SECONDS
+    warned = False
+    while True:
+        try:
+            return call()
+        except REDIS_TRANSIENT as error:
+            if time.monotonic() + delay > deadline:
+                raise RedisUnavailable(f"Redis unavailable while {what}: {error}") from error
+            if not warned:
+                logger.warning("Redis unavailable while %s (%s); waiting for it", what, error)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
 
 
 class PoisonError(RuntimeError):
@@ -70,28 +104,50 @@ class IdempotentTask(Task):
         url = self.app.conf.taskapp.get("locks_url")
         return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) if url else None
 
+    def redis_deadlines(self) -> tuple[float, float]:
+        """How long to wait for Redis: before the run, and for the finished mark after it."""
+        soft_limit = self.app.conf.task_soft_time_limit or self.app.conf.taskapp["task_time_limit"]
+        started = time.monotonic()
+        return started + max(soft_limit / 2, 5), started + max(soft_limit - 5, 5)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         if self.locks is None or task_id is None:
             return super().__call__(*args, **kwargs)
+        before_run, after_run = self.redis_deadlines()
         done_key = DONE_KEY.format(task_id)
         lease = Lease(self.locks, RUNNING_KEY.format(task_id))
         waited = False
-        while True:
-            previous = self.locks.get(done_key)
-            if previous is not None:
-                logger.warning("task %s already ran; skipping this duplicate delivery", task_id)
-                self.locks.hincrby(DUPLICATE_KEY, task_id, 1)
-                return json.loads(previous)
-            if lease.acquire():
-                break
-            if not waited:
-                logger.warning("task %s is running in another process; waiting for it", task_id)
-                waited = True
-            time.sleep(LEASE_POLL_SECONDS)
+        try:
+            while True:
+                previous = call_redis("checking the finished ids", lambda: self.locks.get(done_key), before_run)
+                if previous is not None:
+                    logger.warning("task %s already ran; skipping this duplicate delivery", task_id)
+                    call_redis(
+                        "counting a duplicate", lambda: self.locks.hincrby(DUPLICATE_KEY, task_id, 1), before_run
+                    )
+                    return json.loads(previous)
+                if call_redis("taking the lease", lease.acquire, before_run):
+                    break
+                if not waited:
+                    logger.warning("task %s is running in another process; waiting for it", task_id)
+                    waited = True
+                time.sleep(LEASE_POLL_SECONDS)
+        except RedisUnavailable as error:
+            # Not the task's failure: back to its queue, to run once Redis is back.
+            raise Reject(str(error), requeue=True) from error
         try:
             result = super().__call__(*args, **kwargs)
-            self.locks.set(done_key, json.dumps(result), ex=self.app.conf.taskapp["result_expires"])
+            try:
+                call_redis(
+                    "recording the finished id",
+                    lambda: self.locks.set(done_key, json.dumps(result), ex=self.app.conf.taskapp["result_expires"]),
+                    after_run,
+                )
+            except RedisUnavailable as error:
+                # The task ran: requeueing it would run it again. Its message
+                # is acknowledged; a later copy of the id would run again.
+                logger.error("task %s ran, but its finished mark is lost: %s", task_id, error)
         finally:
             lease.release()
         return result
@@ -160,6 +216,12 @@ def process_task(data: dict[str, Any]) -> dict[str, Any]:
     seconds = float(data.get("seconds", 0))
     time.sleep(min(max(seconds, 0.0), MAX_PROCESS_SECONDS))
     return {"keys": sorted(data), "processed_by": socket.gethostname()}
+
+
+@shared_task(name="health")
+def health() -> dict[str, str]:
+    """The kit's health check: a worker took it from the health queue and Redis stored its result."""
+    return {"worker": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
 
 
 @shared_task(

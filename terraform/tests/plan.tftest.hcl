@@ -48,8 +48,8 @@ run "default_sizes" {
   command = apply
 
   assert {
-    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "rabbitmq"]) == 1
-    error_message = "one rabbitmq host by default"
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "rabbitmq"]) == 3
+    error_message = "three rabbitmq hosts (a cluster) by default"
   }
   assert {
     condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "redis"]) == 1
@@ -89,6 +89,45 @@ run "default_sizes" {
   assert {
     condition     = length(distinct([for h in values(aws_instance.host) : h.subnet_id if h.tags["Role"] == "workers"])) == 2
     error_message = "the workers spread over two availability zones"
+  }
+  assert {
+    condition     = length(aws_subnet.private) == 3 && length(aws_subnet.public) == 3 && toset(aws_subnet.private[*].availability_zone) == toset(["eu-west-1a", "eu-west-1b", "eu-west-1c"])
+    error_message = "three availability zones by default, one public and one private subnet in each"
+  }
+  assert {
+    condition = [for key in ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"] :
+      one([for subnet in aws_subnet.private : subnet.availability_zone if subnet.id == aws_instance.host[key].subnet_id])
+    ] == ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    error_message = "the three rabbitmq nodes sit in private subnets of three different availability zones, one each"
+  }
+  assert {
+    condition     = length(distinct([for h in values(aws_instance.host) : h.subnet_id if h.tags["Role"] == "rabbitmq"])) == 3
+    error_message = "the three rabbitmq nodes sit in three different subnets"
+  }
+  assert {
+    condition = tolist(data.aws_ami.debian[0].owners) == tolist(["136693071363"]) && data.aws_ami.debian[0].most_recent && tolist(flatten([
+      for filter in data.aws_ami.debian[0].filter : filter.values if filter.name == "name"
+    ])) == tolist(["debian-13-amd64-*"])
+    error_message = "the hosts run the newest Debian 13 (amd64) image of Debian's official account"
+  }
+  assert {
+    condition     = alltrue([for h in concat(values(aws_instance.host), [aws_instance.bastion]) : h.ami == "ami-0123456789abcdef0"])
+    error_message = "every instance runs the image the lookup found"
+  }
+}
+
+# The state of default_sizes: a newer Debian image (here: another ami_id)
+# must not replace a running host.
+run "a_new_image_leaves_running_hosts_alone" {
+  command = plan
+
+  variables {
+    ami_id = "ami-0fedcba987654321f"
+  }
+
+  assert {
+    condition     = alltrue([for h in concat(values(aws_instance.host), [aws_instance.bastion]) : h.ami == "ami-0123456789abcdef0"])
+    error_message = "the instances ignore a changed AMI (lifecycle ignore_changes): no host is replaced"
   }
 }
 
@@ -200,8 +239,88 @@ run "counts_follow_the_hosts_variable" {
     error_message = "five c6i.large workers"
   }
   assert {
-    condition     = length(aws_instance.host) == 8
-    error_message = "1 rabbitmq + 1 redis + 5 workers + 1 api"
+    condition     = length(aws_instance.host) == 10
+    error_message = "3 rabbitmq + 1 redis + 5 workers + 1 api"
+  }
+}
+
+run "a_single_rabbitmq_node_is_accepted" {
+  command = plan
+
+  variables {
+    hosts = {
+      rabbitmq = { count = 1 }
+    }
+  }
+
+  assert {
+    condition     = [for h in aws_instance.host : h.subnet_id if h.tags["Role"] == "rabbitmq"] == [aws_subnet.private[0].id]
+    error_message = "one rabbitmq host, in the first zone's private subnet"
+  }
+}
+
+run "two_rabbitmq_nodes_are_refused" {
+  command = plan
+
+  variables {
+    hosts = {
+      rabbitmq = { count = 2 }
+    }
+  }
+
+  expect_failures = [var.hosts]
+}
+
+run "five_rabbitmq_nodes_over_three_zones" {
+  command = plan
+
+  variables {
+    hosts = {
+      rabbitmq = { count = 5 }
+    }
+  }
+
+  assert {
+    condition = [for index in range(1, 6) :
+      one([for subnet in aws_subnet.private : subnet.availability_zone if subnet.id == aws_instance.host["rabbitmq-${index}"].subnet_id])
+    ] == ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1a", "eu-west-1b"]
+    error_message = "the rabbitmq nodes take turns over the zones (2 + 2 + 1: any zone lost leaves a majority of 3)"
+  }
+}
+
+run "a_region_with_fewer_zones_than_az_count_is_refused" {
+  command = plan
+
+  override_data {
+    target = data.aws_availability_zones.available
+    values = {
+      names = ["us-west-1a", "us-west-1b"]
+    }
+  }
+
+  expect_failures = [data.aws_availability_zones.available]
+}
+
+run "two_zones_warn_that_the_cluster_does_not_survive_a_zone" {
+  command = plan
+
+  override_data {
+    target = data.aws_availability_zones.available
+    values = {
+      names = ["us-west-1a", "us-west-1b"]
+    }
+  }
+
+  variables {
+    az_count = 2
+  }
+
+  # A check block: a warning, the plan goes on.
+  expect_failures = [check.rabbitmq_survives_the_loss_of_a_zone]
+
+  assert {
+    condition     = length(aws_subnet.private) == 2 && length([for h in aws_instance.host : h if h.tags["Role"] == "rabbitmq"]) == 3
+    error_message = "az_count = 2 still deploys the three rabbitmq nodes, over two zones"
   }
 }
 

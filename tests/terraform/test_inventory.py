@@ -5,7 +5,8 @@ server (environments "ci" and "other"), runs the tests marked deployed
 while ci is up and those marked destroyed after its destroy, and sets:
 
   KIT_TF_TEST_EXPECT  JSON file: project, environment, vpc_cidr, counts per
-                      group, Terraform's outputs of both deployments
+                      group, az_count, Terraform's outputs of both
+                      deployments
   AWS_ENDPOINT_URL and credentials of the moto server
 
 Nothing here connects to an instance: the inventory is only listed, and the
@@ -102,6 +103,20 @@ def test_hosts_are_named_by_their_name_tag():
     for group in GROUPS:
         expected = {f"{prefix}{group}-{index}" for index in range(1, EXPECT["counts"][group] + 1)}
         assert hosts(listing, group) == expected
+
+
+@deployed
+def test_each_group_takes_turns_over_the_availability_zones():
+    """The rabbitmq nodes (3 by default) each in a zone of their own, so the
+    cluster keeps a majority when a zone is lost; the other groups spread too."""
+    listing = inventory(EXPECT["environment"])
+    hostvars = listing["_meta"]["hostvars"]
+    zones = {}
+    for group in GROUPS:
+        zones[group] = [hostvars[host]["ec2_placement"]["availability_zone"] for host in sorted(hosts(listing, group))]
+        assert len(set(zones[group])) == min(EXPECT["counts"][group], EXPECT["az_count"]), (group, zones[group])
+    assert len(set(zones["rabbitmq"])) == len(zones["rabbitmq"]) == EXPECT["counts"]["rabbitmq"] >= 3, zones["rabbitmq"]
+    assert len(set().union(*map(set, zones.values()))) == EXPECT["az_count"], zones
 
 
 @deployed

@@ -1,5 +1,5 @@
 """The hosts install app/requirements.txt with --no-index: it must hold the
-whole dependency tree of the app, for the hosts' Python (Debian 12: 3.11.2)."""
+whole dependency tree of the app, for the hosts' Python (Debian 13: 3.13.5)."""
 
 from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
@@ -11,7 +11,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 # What the app imports, with the extras it relies on.
 ROOTS = [Requirement("celery[redis]"), Requirement("flask"), Requirement("gunicorn")]
-HOST_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux"}
+HOST_PYTHON = {"python_version": "3.13", "python_full_version": "3.13.5", "sys_platform": "linux"}
 
 
 def _pins() -> dict[str, str]:
