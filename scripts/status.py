@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Print what playbooks/status.yml collected, as readable tables.
 
-Exit status: 0 when every application queue has a consumer, 1 when one has
-none (tasks would pile up), 2 when the status file cannot be read.
+Exit status: 0 when all is well; 1 when something needs a look: an
+application queue without a consumer (tasks would pile up), a RabbitMQ node
+down, an alarm (memory or disk: publishers are blocked) or a network
+partition; 2 when the status file cannot be read.
 Usage: scripts/status.py STATUS_JSON
 """
 
@@ -30,6 +32,16 @@ def is_internal(name: str) -> bool:
     return name.startswith("celeryev.") or name.endswith(".pidbox") or name.startswith("_kombu.")
 
 
+def is_delayed(name: str) -> bool:
+    """A level of Celery's delayed delivery on RabbitMQ (countdown tasks wait there)."""
+    return re.fullmatch(r"celery_delayed_\d+", name) is not None
+
+
+def short_node(node: str | None) -> str:
+    """rabbit@host -> host."""
+    return (node or "-").split("@", 1)[-1]
+
+
 def parse_active_queues(text: str) -> dict[str, list[str]]:
     """Worker name -> queue names, from `celery inspect active_queues --json`."""
     if not text.strip():
@@ -51,13 +63,46 @@ def consumer_counts(active: dict[str, list[str]]) -> dict[str, int]:
     return counts
 
 
-def rabbitmq_rows(queues: list[dict[str, Any]]) -> list[tuple[str, int, int, int]]:
+def members_online(queue: dict[str, Any]) -> str:
+    """'online/members' of a quorum queue; '-' for other types."""
+    if queue.get("type") != "quorum":
+        return "-"
+    members = queue.get("members") or []
+    online = queue.get("online") or []
+    return f"{len(online)}/{len(members)}"
+
+
+def rabbitmq_rows(queues: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """App queues and the dead-letter queue, one row each; the delay levels as one row."""
     rows = [
-        (q["name"], q["messages_ready"], q["messages_unacknowledged"], q["consumers"])
+        (
+            q["name"],
+            q.get("type", "-"),
+            q["messages_ready"],
+            q["messages_unacknowledged"],
+            q["consumers"],
+            short_node(q.get("leader")),
+            members_online(q),
+        )
         for q in queues
-        if not is_internal(q["name"])
+        if not is_internal(q["name"]) and not is_delayed(q["name"])
     ]
-    return sorted(rows)
+    delayed = [q for q in queues if is_delayed(q["name"])]
+    rows.sort()
+    if delayed:
+        offline = sum(len(q.get("members") or []) - len(q.get("online") or []) for q in delayed)
+        rows.append(
+            (
+                f"(countdown tasks: {len(delayed)} delay queues)",
+                "quorum",
+                sum(q["messages_ready"] for q in delayed),
+                sum(q["messages_unacknowledged"] for q in delayed),
+                "-",
+                "-",
+                f"{offline} offline" if offline else "all",
+            )
+        )
+    return rows
 
 
 def redis_rows(lines: list[str], consumers: dict[str, int]) -> list[tuple[str, int, int, int]]:
@@ -78,18 +123,46 @@ def redis_rows(lines: list[str], consumers: dict[str, int]) -> list[tuple[str, i
     return rows
 
 
+def cluster_lines(cluster: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """The cluster's nodes, alarms and partitions; and the problems among them."""
+    if cluster is None:
+        return [], ["no RabbitMQ node answered"]
+    members = sorted(set(cluster.get("disk_nodes") or []) | set(cluster.get("ram_nodes") or []))
+    running = set(cluster.get("running_nodes") or [])
+    maintenance = cluster.get("maintenance_status") or {}
+    alarms = cluster.get("alarms") or []
+    partitions = cluster.get("partitions") or {}
+    down = [node for node in members if node not in running]
+    lines = [f"RabbitMQ cluster {cluster.get('cluster_name', '?')}: {len(members) - len(down)} of {len(members)} nodes running"]
+    for node in members:
+        state = "running" if node in running else "DOWN"
+        if maintenance.get(node, "not under maintenance") != "not under maintenance":
+            state += f" ({maintenance[node]})"
+        lines.append(f"  {node}  {state}")
+    lines.append(f"Alarms: {', '.join(json.dumps(alarm) for alarm in alarms) if alarms else 'none'}")
+    lines.append(f"Partitions: {json.dumps(partitions) if partitions else 'none'}")
+    problems = [f"node down: {node}" for node in down]
+    problems += [f"alarm: {json.dumps(alarm)}" for alarm in alarms]
+    problems += ["network partition: " + json.dumps(partitions)] if partitions else []
+    return lines, problems
+
+
 def parse_persistence(info: dict[str, Any]) -> dict[str, str]:
     """The persistence fields worth a look, from Redis INFO persistence."""
     return {key: str(info[key]) for key in PERSISTENCE_FIELDS if key in info}
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    """A plain-text table: columns of numbers right-aligned, the others left-aligned."""
+    numeric = [all(isinstance(row[i], int) or row[i] == "-" for row in rows) and i > 0 for i in range(len(headers))]
     cells = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in row) for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for index, row in enumerate(cells):
         lines.append(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            "  ".join(
+                c.rjust(w) if numeric[i] else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
         )
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -100,13 +173,19 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
     """The printed report and the exit status."""
     active = parse_active_queues(status.get("active_queues") or "")
     consumers = consumer_counts(active)
-    if status.get("broker") == "rabbitmq" and status.get("rabbitmq_queues") is not None:
-        rows = rabbitmq_rows(status["rabbitmq_queues"])
+    out = [f"Environment {status.get('environment')}, broker {status.get('broker')}", ""]
+    problems: list[str] = []
+    if status.get("broker") == "rabbitmq":
+        lines, problems = cluster_lines(status.get("rabbitmq_cluster"))
+        out += lines + [""]
+        queues = status.get("rabbitmq_queues") or []
+        rows = rabbitmq_rows(queues)
+        out.append(table(("Queue", "Type", "Ready", "Unacked", "Consumers", "Leader", "Members online"), rows))
+        idle = [row[0] for row in rows if row[4] == 0 and row[0] != DEAD_LETTER_QUEUE]
     else:
         rows = redis_rows(status.get("redis_broker_keys") or [], consumers)
-    out = [f"Environment {status.get('environment')}, broker {status.get('broker')}", ""]
-    out.append(table(("Queue", "Ready", "Unacked", "Consumers"), rows))
-    idle = [name for name, _, _, count in rows if count == 0 and name != DEAD_LETTER_QUEUE and not name.startswith("(")]
+        out.append(table(("Queue", "Ready", "Unacked", "Consumers"), rows))
+        idle = [name for name, _, _, count in rows if count == 0 and not name.startswith("(")]
     out += ["", f"Workers online: {len(active)}"]
     out += [f"  {node}: {', '.join(queues)}" for node, queues in sorted(active.items())]
     persistence = parse_persistence(status.get("redis_persistence") or {})
@@ -115,7 +194,9 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
     if persistence.get("aof_enabled") != "1":
         out.append("  WARNING: the append-only file is off")
     if idle:
-        out += ["", f"ERROR: no consumer on: {', '.join(idle)}"]
+        problems.append(f"no consumer on: {', '.join(idle)}")
+    if problems:
+        out += [""] + [f"ERROR: {problem}" for problem in problems]
         return "\n".join(out), 1
     return "\n".join(out), 0
 
