@@ -133,7 +133,8 @@ def cluster_lines(cluster: dict[str, Any] | None) -> tuple[list[str], list[str]]
     alarms = cluster.get("alarms") or []
     partitions = cluster.get("partitions") or {}
     down = [node for node in members if node not in running]
-    lines = [f"RabbitMQ cluster {cluster.get('cluster_name', '?')}: {len(members) - len(down)} of {len(members)} nodes running"]
+    name = cluster.get("cluster_name", "?")
+    lines = [f"RabbitMQ cluster {name}: {len(members) - len(down)} of {len(members)} nodes running"]
     for node in members:
         state = "running" if node in running else "DOWN"
         if maintenance.get(node, "not under maintenance") != "not under maintenance":
@@ -177,7 +178,7 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
     problems: list[str] = []
     if status.get("broker") == "rabbitmq":
         lines, problems = cluster_lines(status.get("rabbitmq_cluster"))
-        out += lines + [""]
+        out += [*lines, ""]
         queues = status.get("rabbitmq_queues") or []
         rows = rabbitmq_rows(queues)
         out.append(table(("Queue", "Type", "Ready", "Unacked", "Consumers", "Leader", "Members online"), rows))

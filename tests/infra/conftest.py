@@ -8,19 +8,23 @@ here needs a password on the controller.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-APP_QUEUES = ("default", "emails", "priority")
+ROOT = Path(__file__).resolve().parents[2]
+APP_QUEUES = ("health", "default", "emails", "priority")
+DEAD_LETTERED_QUEUES = ("default", "emails", "priority")
 # How the suite runs the app's own tools on a worker host.
 APP_ENV = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app"
 APP_PYTHON = f"{APP_ENV} /opt/taskapp/venv/bin/python"
@@ -86,6 +90,14 @@ def rabbitmq(group_hosts, broker):
 
 
 @pytest.fixture(scope="session")
+def rabbitmq_nodes(group_hosts, broker):
+    """Every RabbitMQ host of the cluster, in inventory order."""
+    if broker != "rabbitmq":
+        pytest.skip(f"this deployment's broker is {broker}, not RabbitMQ")
+    return group_hosts("rabbitmq")
+
+
+@pytest.fixture(scope="session")
 def redis_host(group_hosts):
     return group_hosts("redis")[0]
 
@@ -98,11 +110,29 @@ def api_host(group_hosts):
 def rabbitmq_queues(rabbitmq_host) -> dict[str, dict[str, Any]]:
     """Queues of the app's vhost, by name, as rabbitmqctl reports them."""
     out = rabbitmq_host.check_output(
-        "rabbitmqctl -q --formatter json list_queues -p %s name durable type policy "
-        "messages_ready messages_unacknowledged consumers arguments",
+        "rabbitmqctl -q --formatter json list_queues -p %s name durable type policy messages "
+        "messages_ready messages_unacknowledged consumers arguments leader members online",
         VHOST,
     )
     return {queue["name"]: queue for queue in json.loads(out)}
+
+
+def node_name(host) -> str:
+    """The RabbitMQ node name of a host: rabbit@<short hostname>."""
+    return "rabbit@" + host.check_output("hostname --short")
+
+
+def cluster_status(rabbitmq_host) -> dict[str, Any]:
+    return json.loads(rabbitmq_host.check_output("rabbitmqctl -q --formatter json cluster_status"))
+
+
+def dead_letters(rabbitmq_host) -> int:
+    return rabbitmq_queues(rabbitmq_host)[DEAD_LETTER_QUEUE]["messages"]
+
+
+def worker_processes(group_hosts) -> int:
+    """Worker processes configured on all worker hosts: each is one consumer per queue."""
+    return sum(len(configured_worker_units(host)) for host in group_hosts("workers"))
 
 
 def configured_worker_units(host) -> list[str]:
@@ -158,3 +188,73 @@ def wait_for_result(api_host, task_id: str, timeout: float = 60) -> dict[str, An
         if reply["state"] in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
             return reply
         time.sleep(0.5)
+
+
+LOAD_SCRIPT = "/root/kit-load.py"
+
+
+class Load:
+    """tests/load.py on the api host: a steady stream of submissions, and their bookkeeping.
+
+    The script is copied onto the host through the command line (base64), so
+    this works over any testinfra connection, docker or SSH.
+    """
+
+    def __init__(self, host, name: str) -> None:
+        self.host = host
+        self.ids = f"/root/{name}.ids"
+        self.stop_file = f"/root/{name}.stop"
+        self.output = f"/root/{name}.out"
+        script = base64.b64encode((ROOT / "tests/load.py").read_bytes()).decode()
+        host.check_output(f"echo {script} | base64 -d > {LOAD_SCRIPT}")
+        host.check_output(f"rm -f {self.ids} {self.stop_file} {self.output}")
+
+    def run(self, *args: str) -> dict[str, Any]:
+        out = self.host.check_output(f"{APP_PYTHON} {LOAD_SCRIPT} " + " ".join(shlex.quote(a) for a in args))
+        return json.loads(out.strip().splitlines()[-1])
+
+    def start(self, rate: float, bodies: list[dict[str, Any]]) -> None:
+        """Post bodies (in turn) rate times a second until stop()."""
+        arguments = " ".join(shlex.quote(json.dumps(body)) for body in bodies)
+        command = f"{APP_PYTHON} {LOAD_SCRIPT} steady {self.ids} {self.stop_file} {rate} {arguments}"
+        self.host.check_output(f"nohup sh -c {shlex.quote(command + ' > ' + self.output)} >/dev/null 2>&1 &")
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the stream; its summary: accepted, refused, failures by status."""
+        self.host.check_output(f"touch {self.stop_file}")
+        deadline = time.monotonic() + 60
+        while not self.host.run(f"cat {self.output}").stdout.strip():
+            assert time.monotonic() < deadline, "the load generator did not stop"
+            time.sleep(0.5)
+        return json.loads(self.host.check_output(f"cat {self.output}"))
+
+    def submit(self, bodies: list[dict[str, Any]]) -> None:
+        """Submit bodies one after the other; every one must be accepted."""
+        spec = base64.b64encode(json.dumps(bodies).encode()).decode()
+        self.host.check_output(f"echo {spec} | base64 -d > {self.ids}.spec")
+        result = self.run("submit", f"{self.ids}.spec", self.ids)
+        assert result["failures"] == {}, result
+
+    def wait_until_all_ran(self, timeout: float) -> dict[str, Any]:
+        """Every accepted id ran (its finished mark is in Redis db 2), or the report at timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.run("check", self.ids)
+            if report["missing"] == 0 or time.monotonic() > deadline:
+                return report
+            time.sleep(3)
+
+
+def fault_report(fault: str, steady: dict[str, Any], report: dict[str, Any], dead_lettered: int) -> dict[str, Any]:
+    """The counts every fault test states: accepted, refused, lost, dead-lettered, run twice."""
+    counts = {
+        "fault": fault,
+        "accepted": steady["accepted"],
+        "refused": steady["refused"],
+        "lost": report["missing"],
+        "dead_lettered": dead_lettered,
+        "run_twice": report["duplicate_executions_skipped"],
+        "states": report["states"],
+    }
+    print("FAULT COUNTS " + json.dumps(counts))
+    return counts

@@ -1,11 +1,24 @@
 """Tasks outlive their workers: warm shutdown finishes them, a killed worker
 gives them back to the broker (late acks), and a finished id never runs twice."""
 
+import json
 import shlex
 import time
 import uuid
+from datetime import UTC, datetime
 
-from conftest import APP_PYTHON, api_call, configured_worker_units, redis_cli, submit, wait_for_result
+from conftest import (
+    APP_PYTHON,
+    APP_QUEUES,
+    CELERY,
+    Load,
+    api_call,
+    configured_worker_units,
+    rabbitmq_queues,
+    redis_cli,
+    submit,
+    wait_for_result,
+)
 
 
 def _wait_until_started(api_host, task_id, timeout=30):
@@ -70,3 +83,41 @@ def test_two_deliveries_of_one_task_id_at_the_same_time_run_it_once(api_host, re
         if host.run(f"journalctl -q --since '-2min' -u 'taskapp-worker@*' | grep -c '{task_id} is running in'").rc == 0
     ]
     assert waited, "the two copies did not overlap: no worker waited for the other"
+
+
+def test_a_countdown_task_waits_in_the_broker_not_in_a_worker(api_host, rabbitmq, group_hosts, redis_host):
+    submitted = time.time()
+    task_id = submit(api_host, {"task": "add", "args": [6, 7], "countdown": 12})
+    time.sleep(3)
+    queues = rabbitmq_queues(rabbitmq)
+    delayed = sum(queue["messages"] for name, queue in queues.items() if name.startswith("celery_delayed_"))
+    assert delayed >= 1, "the countdown task is not in the broker's delay queues"
+    assert all(queues[name]["messages_unacknowledged"] == 0 for name in APP_QUEUES)
+    scheduled = group_hosts("workers")[0].check_output(f"{CELERY} inspect scheduled --timeout 5 --json")
+    assert task_id not in scheduled, "a worker holds the countdown task in memory"
+
+    reply = wait_for_result(api_host, task_id, timeout=60)
+    assert reply["result"] == 13
+    meta = json.loads(redis_cli(redis_host, "GET", f"celery-task-meta-{task_id}", db=1).stdout)
+    finished = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=UTC).timestamp()
+    assert finished >= submitted + 11, "the countdown task ran before it was due"
+
+
+def test_urgent_tasks_overtake_a_backlog_on_the_priority_queue(api_host, group_hosts):
+    # 80 normal tasks wait on the priority queue, then 6 urgent ones arrive:
+    # every urgent one must finish before half of the backlog has.
+    load = Load(api_host, "priority")
+    task = {"task": "process_task", "args": [{"seconds": 0.5}], "queue": "priority"}
+    normal = [dict(task, priority=0)] * 80
+    urgent = [dict(task, priority=9)] * 6
+    load.submit(normal + urgent)
+    report = load.wait_until_all_ran(timeout=180)
+    assert report["missing"] == 0
+    order = load.run("order", load.ids)["finished"]
+    ids = api_host.check_output(f"cat {load.ids}").split()
+    urgent_ids, normal_ids = set(ids[80:]), ids[:80]
+    normal_done = [task_id for task_id in order if task_id in set(normal_ids)]
+    last_urgent = max(order.index(task_id) for task_id in urgent_ids)
+    half_of_backlog = order.index(normal_done[39])
+    print(f"the last urgent task finished {last_urgent + 1}th of {len(order)}")
+    assert last_urgent < half_of_backlog

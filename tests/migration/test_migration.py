@@ -133,7 +133,7 @@ def rabbitmq_app_messages() -> int:
 @pytest.fixture(scope="module", autouse=True)
 def load_script():
     for group in ("api",):
-        script = str(Path(__file__).with_name("load.py"))
+        script = str(Path(__file__).resolve().parents[1] / "load.py")
         subprocess.run(["docker", "cp", script, f"{container(group)}:{LOAD}"], check=True)
 
 

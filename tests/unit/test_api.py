@@ -4,7 +4,7 @@ import time
 
 import pytest
 from taskapp import config as config_module
-from taskapp.api import create_api
+from taskapp.api import create_api, validate_submission
 from taskapp.app import create_app
 
 
@@ -99,3 +99,18 @@ def test_unreachable_result_store_gets_503():
     client = create_api(create_app(config)).test_client()
     reply = client.get("/tasks/0b6b1d6e-3f6e-4d43-9a3c-2f1f0b8f3c11")
     assert reply.status_code == 503
+
+
+@pytest.mark.parametrize(("countdown", "sent"), [(0, 0), (0.4, 1), (2.5, 3), (60, 60)])
+def test_a_countdown_is_sent_in_whole_seconds_rounded_up(countdown, sent):
+    # RabbitMQ's delayed delivery counts whole seconds: 0.4 s must still delay.
+    app = create_app(dict(config_module.DEFAULTS))
+    body = {"task": "add", "args": [1, 2], "countdown": countdown}
+    assert validate_submission(app, body, ["default"], 3600)["options"]["countdown"] == sent
+
+
+def test_the_health_check_task_is_accepted_and_routed_to_its_own_queue(client):
+    reply = client.post("/tasks", json={"task": "health"})
+    assert reply.status_code == 202
+    app = create_app(dict(config_module.DEFAULTS))
+    assert app.conf.task_routes["health"] == {"queue": "health"}

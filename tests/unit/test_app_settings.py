@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from taskapp import config as config_module
-from taskapp.app import broker_priority, build_queues, build_settings, longest_hold_seconds
+from taskapp.app import broker_priority, broker_urls, build_queues, build_settings, create_app, longest_hold_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,23 +26,83 @@ def test_delivery_safety_settings_are_on():
     assert settings["task_create_missing_queues"] is False
 
 
+def _kit():
+    return yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())
+
+
 def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
-    kit = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())
-    queues = {queue.name: queue for queue in build_queues(_config(queues=kit["kit_queues"]))}
-    assert set(queues) == {"default", "emails", "priority"}
+    queues = {queue.name: queue for queue in build_queues(_config(queues=_kit()["kit_queues"]))}
+    assert set(queues) == {"health", "default", "emails", "priority"}
     for queue in queues.values():
         assert queue.durable is True
         assert queue.exchange.name == "tasks"
-        assert queue.exchange.type == "direct"
         assert queue.exchange.durable is True
         assert queue.routing_key == queue.name
-    assert queues["priority"].queue_arguments == {"x-max-priority": 10}
-    assert queues["default"].queue_arguments is None
+        # Replicated on every node; quorum queues refuse x-max-priority.
+        assert queue.queue_arguments == {"x-queue-type": "quorum"}
 
 
-def test_quorum_queue_is_declared_with_its_type():
-    (queue,) = build_queues(_config(queues=[{"name": "reports", "type": "quorum"}]))
+def test_exchanges_are_topic_exchanges_as_native_delayed_delivery_needs():
+    # Celery only delays in the broker through topic (or fanout) exchanges;
+    # with a direct one a countdown task would wait in a worker's memory.
+    for queue in build_queues(_config(queues=_kit()["kit_queues"])):
+        assert queue.exchange.type == "topic"
+    settings = build_settings(_config())
+    assert settings["task_default_exchange_type"] == "topic"
+
+
+def test_a_queue_without_a_type_is_a_quorum_queue_as_in_the_role():
+    role_defaults = yaml.safe_load((ROOT / "roles/rabbitmq/defaults/main.yml").read_text())
+    (queue,) = build_queues(_config(queues=[{"name": "reports"}]))
+    assert role_defaults["rabbitmq_queue_type"] == "quorum"
     assert queue.queue_arguments == {"x-queue-type": "quorum"}
+
+
+def test_a_classic_priority_queue_keeps_its_priorities():
+    (queue,) = build_queues(_config(queues=[{"name": "reports", "type": "classic", "max_priority": 10}]))
+    assert queue.queue_arguments == {"x-max-priority": 10}
+
+
+def test_a_quorum_queue_with_max_priority_is_refused():
+    with pytest.raises(config_module.ConfigError, match="max_priority applies to classic queues"):
+        config_module.validate(_config(queues=[{"name": "p", "max_priority": 10}], default_queue="p"))
+
+
+def test_quorum_queues_switch_on_per_consumer_prefetch_and_quorum_delay_queues():
+    settings = build_settings(_config())
+    assert settings["worker_detect_quorum_queues"] is True
+    assert settings["broker_native_delayed_delivery_queue_type"] == "quorum"
+
+
+def test_a_countdown_task_is_published_to_the_broker_delay_exchange():
+    # Celery routes a countdown through kombu's delay levels: the exchange
+    # celery_delayed_27 and a routing key carrying the delay's 28 bits, then
+    # the queue's key.
+    app = create_app(_config(broker_url="amqp://user:secret@127.0.0.1:1/%2Fcelery"))
+    sent = {}
+
+    def capture(producer, name, message, **options):
+        sent.update(options)
+
+    app.amqp.send_task_message = capture
+    app.send_task("add", args=(1, 2), countdown=5)
+    assert sent["exchange"].name == "celery_delayed_27"
+    assert sent["routing_key"] == ".".join(f"{5:028b}") + ".default"
+
+
+def test_every_rabbitmq_node_is_a_failover_url_and_each_is_tried_before_a_refusal():
+    urls = ";".join(f"amqp://u:p@10.0.0.{n}:5672/%2Fcelery" for n in (1, 2, 3))
+    config = _config(broker_url=urls)
+    assert broker_urls(config) == urls.split(";")
+    settings = build_settings(config)
+    assert settings["broker_url"] == urls
+    assert settings["broker_failover_strategy"] == "round-robin"
+    assert settings["task_publish_retry_policy"]["max_retries"] == 3
+
+
+def test_workers_wait_for_redis_to_store_results_instead_of_failing_the_task():
+    settings = build_settings(_config())
+    assert settings["result_backend_always_retry"] is True
 
 
 def test_redis_broker_visibility_outlasts_the_longest_countdown():
@@ -52,18 +112,35 @@ def test_redis_broker_visibility_outlasts_the_longest_countdown():
     assert options["priority_steps"] == list(range(10))
 
 
-def test_rabbitmq_consumer_timeout_covers_the_longest_hold():
-    kit = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())
-    # Same formula as rabbitmq_consumer_timeout_ms in playbooks/group_vars/all/wiring.yml.
-    timeout_seconds = kit["kit_max_countdown"] + kit["kit_task_time_limit"] + 120
-    config = _config(max_countdown=kit["kit_max_countdown"], task_time_limit=kit["kit_task_time_limit"])
-    assert timeout_seconds > longest_hold_seconds(config)
+def test_rabbitmq_consumer_timeout_follows_the_time_limit_not_the_countdown():
+    kit = _kit()
+    wiring = (ROOT / "playbooks/group_vars/all/wiring.yml").read_text()
+    # The formula of rabbitmq_consumer_timeout_ms: a worker process reserves a
+    # round of tasks per queue, each round at most the time limit.
+    assert (
+        'rabbitmq_consumer_timeout_ms: "{{ (kit_queues | length + 1) * (kit_task_time_limit | int + 30) * 1000 }}"'
+        in wiring
+    )
+    timeout_seconds = (len(kit["kit_queues"]) + 1) * (kit["kit_task_time_limit"] + 30)
+    assert timeout_seconds > (len(kit["kit_queues"]) + 1) * kit["kit_task_time_limit"]
+    assert "kit_max_countdown" not in wiring.split("rabbitmq_consumer_timeout_ms:")[1].splitlines()[0]
+
+
+def test_redis_broker_workers_hold_a_countdown_no_longer_than_its_visibility_timeout():
+    config = _config(broker="redis", broker_url="redis://", max_countdown=7200, task_time_limit=600)
+    assert build_settings(config)["broker_transport_options"]["visibility_timeout"] == longest_hold_seconds(config)
 
 
 @pytest.mark.parametrize(("priority", "rabbitmq", "redis"), [(0, 0, 9), (9, 9, 0), (5, 5, 4)])
 def test_priority_is_translated_for_each_broker(priority, rabbitmq, redis):
     assert broker_priority(priority, "rabbitmq") == rabbitmq
     assert broker_priority(priority, "redis") == redis
+
+
+@pytest.mark.parametrize(("priority", "urgent"), [(0, False), (4, False), (5, True), (9, True)])
+def test_api_priorities_5_to_9_are_the_urgent_level_of_a_quorum_queue(priority, urgent):
+    # RabbitMQ 4.0 quorum queues: a priority above 4 is high, the rest normal.
+    assert (broker_priority(priority, "rabbitmq") > 4) is urgent
 
 
 def test_priority_out_of_range_is_refused():

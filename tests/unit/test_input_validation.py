@@ -40,6 +40,10 @@ def _run(playbook: str, extra_vars: dict) -> subprocess.CompletedProcess:
         ("rabbitmq", {"rabbitmq_admin_password": None}, "rabbitmq_admin_password"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 300}]}, "max_priority"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "q", "type": "stream"}]}, "type"),
+        # A quorum queue (the default type) has no x-max-priority.
+        ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 5}]}, "max_priority"),
+        ("rabbitmq", {"rabbitmq_cluster_hosts": ["localhost", "elsewhere"]}, "rabbitmq_cluster_hosts"),
+        ("rabbitmq", {"rabbitmq_delivery_limit": 0}, "rabbitmq_delivery_limit"),
         ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
         ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
     ],
@@ -51,6 +55,14 @@ def test_bad_role_input_fails_before_any_change(role, bad, named):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert named in output
+    assert "changed=0" in output
+
+
+def test_a_two_node_cluster_is_refused_before_any_host_is_created():
+    result = _run("playbooks/local-hosts.yml", {"local_rabbitmq_hosts": 2, "kit_environment": "input-validation"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "RABBITMQ_HOSTS=2 (local_rabbitmq_hosts) is refused" in output
     assert "changed=0" in output
 
 

@@ -8,28 +8,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import status
 
+NODES = ["rabbit@r1", "rabbit@r2", "rabbit@r3"]
+
+
+def _queue(name, *, ready=0, unacked=0, consumers=4, kind="quorum", online=NODES, leader="rabbit@r2"):
+    members = NODES if kind == "quorum" else [leader]
+    return {
+        "name": name,
+        "type": kind,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "consumers": consumers,
+        "leader": leader,
+        "members": members,
+        "online": online if kind == "quorum" else "",
+    }
+
+
 RABBITMQ_QUEUES = [
-    {"name": "default", "type": "classic", "messages_ready": 3, "messages_unacknowledged": 2, "consumers": 4},
-    {"name": "emails", "type": "classic", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 4},
-    {"name": "dead-letter", "type": "quorum", "messages_ready": 1, "messages_unacknowledged": 0, "consumers": 0},
-    {"name": "celeryev.1234", "type": "classic", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1},
-    {
-        "name": "worker1@h.celery.pidbox",
-        "type": "classic",
-        "messages_ready": 0,
-        "messages_unacknowledged": 0,
-        "consumers": 1,
-    },
+    _queue("default", ready=3, unacked=2),
+    _queue("emails"),
+    _queue("dead-letter", ready=1, consumers=0),
+    _queue("celeryev.1234", kind="classic", consumers=1),
+    _queue("worker1@h.celery.pidbox", kind="classic", consumers=1),
+    _queue("celery_delayed_0", ready=2, consumers=0),
+    _queue("celery_delayed_5", ready=1, consumers=0),
 ]
+CLUSTER = {
+    "cluster_name": "celery",
+    "disk_nodes": NODES,
+    "running_nodes": NODES,
+    "alarms": [],
+    "partitions": {},
+    "maintenance_status": {node: "not under maintenance" for node in NODES},
+}
 ACTIVE = json.dumps({"worker1@h": [{"name": "default"}, {"name": "emails"}], "worker2@h": [{"name": "default"}]})
 PERSISTENCE = {"loading": 0, "aof_enabled": 1, "aof_last_write_status": "ok", "mem_fragmentation_ratio": 1.2}
 
 
 def _row(text, name):
-    """The numeric columns of the table row of a queue."""
+    """The cells of the table row of a queue after its name, numbers as numbers."""
     for line in text.splitlines():
         if line.startswith(name + " "):
-            return [int(cell) for cell in line[len(name) :].split()]
+            return [int(cell) if cell.isdigit() else cell for cell in line[len(name) :].split()]
     raise AssertionError(f"no row for {name} in:\n{text}")
 
 
@@ -37,6 +58,7 @@ def _status(**overrides):
     base = {
         "environment": "local",
         "broker": "rabbitmq",
+        "rabbitmq_cluster": CLUSTER,
         "rabbitmq_queues": RABBITMQ_QUEUES,
         "active_queues": ACTIVE,
         "redis_persistence": PERSISTENCE,
@@ -45,15 +67,51 @@ def _status(**overrides):
     return dict(base, **overrides)
 
 
-def test_rabbitmq_table_shows_app_and_dead_letter_queues_only():
+def test_rabbitmq_table_shows_app_and_dead_letter_queues_with_type_leader_and_members():
     text, code = status.report(_status())
-    assert code == 0
-    assert _row(text, "default") == [3, 2, 4]
-    assert _row(text, "dead-letter") == [1, 0, 0]
-    assert "dead-letter" in text
+    assert code == 0, text
+    assert _row(text, "default") == ["quorum", 3, 2, 4, "r2", "3/3"]
+    assert _row(text, "dead-letter") == ["quorum", 1, 0, 0, "r2", "3/3"]
     assert "celeryev" not in text and "pidbox" not in text
     assert "Workers online: 2" in text
     assert "aof_enabled: 1" in text
+
+
+def test_the_delay_queues_are_one_row_counting_the_waiting_countdown_tasks():
+    text, _ = status.report(_status())
+    assert _row(text, "(countdown tasks: 2 delay queues)") == ["quorum", 3, 0, "-", "-", "all"]
+    assert "celery_delayed_0" not in text
+
+
+def test_the_cluster_lists_its_nodes_alarms_and_partitions():
+    text, _ = status.report(_status())
+    assert "RabbitMQ cluster celery: 3 of 3 nodes running" in text
+    assert "  rabbit@r3  running" in text
+    assert "Alarms: none" in text and "Partitions: none" in text
+
+
+def test_a_node_down_shows_and_fails():
+    cluster = dict(CLUSTER, running_nodes=NODES[:2])
+    queues = [dict(q, online=NODES[:2]) if q["type"] == "quorum" else q for q in RABBITMQ_QUEUES]
+    text, code = status.report(_status(rabbitmq_cluster=cluster, rabbitmq_queues=queues))
+    assert code == 1
+    assert "2 of 3 nodes running" in text
+    assert "rabbit@r3  DOWN" in text
+    assert _row(text, "default")[-1] == "2/3"
+    assert "ERROR: node down: rabbit@r3" in text
+
+
+def test_an_alarm_fails():
+    cluster = dict(CLUSTER, alarms=[{"node": "rabbit@r1", "resource": "memory"}])
+    text, code = status.report(_status(rabbitmq_cluster=cluster))
+    assert code == 1
+    assert "ERROR: alarm:" in text and "memory" in text
+
+
+def test_no_node_answering_fails():
+    text, code = status.report(_status(rabbitmq_cluster=None, rabbitmq_queues=None))
+    assert code == 1
+    assert "ERROR: no RabbitMQ node answered" in text
 
 
 def test_queue_without_consumer_fails():
@@ -65,7 +123,9 @@ def test_queue_without_consumer_fails():
 
 def test_redis_broker_counts_priority_sub_queues_and_reserved_messages():
     keys = ["list default 2", "list default:9 3", "list emails 1", "hash unacked 5", "zset unacked_index 5"]
-    text, code = status.report(_status(broker="redis", rabbitmq_queues=None, redis_broker_keys=keys))
+    text, code = status.report(
+        _status(broker="redis", rabbitmq_cluster=None, rabbitmq_queues=None, redis_broker_keys=keys)
+    )
     assert code == 0
     assert _row(text, "default") == [5, 0, 2]
     assert _row(text, "emails") == [1, 0, 1]

@@ -1,0 +1,153 @@
+"""Load and bookkeeping for the fault tests, run inside the hosts.
+
+Copied onto an app host (api or worker) and run with the app's venv python:
+
+  load.py submit SPEC IDS         post every submission of SPEC (JSON list) to
+                                  the API on 127.0.0.1:8000; append the ids
+                                  to IDS
+  load.py steady IDS STOP RATE [BODY...]
+                                  post RATE times a second until the file STOP
+                                  exists, cycling through the JSON bodies
+                                  given (default: add); append ids, count
+                                  refusals by status
+  load.py check IDS               which ids have not run (no taskapp:done:<id>
+                                  in Redis db 2), how many ran twice (copies
+                                  the app skipped, taskapp:duplicates), and
+                                  their states in the result backend
+  load.py order IDS               the finished ids, in the order they finished
+                                  (date_done of their results)
+
+Each prints one JSON summary line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import redis
+
+API = "http://127.0.0.1:8000/tasks"
+DEFAULT_BODY = {"task": "add", "args": [1, 1]}
+
+
+def post(body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        API, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (fixed http URL)
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, {"error": error.read().decode(errors="replace")}
+    except OSError as error:
+        return 0, {"error": str(error)}
+
+
+def submit(spec_path: str, ids_path: str) -> dict:
+    with open(spec_path, encoding="utf-8") as spec_file:
+        spec = json.load(spec_file)
+    failures: dict[str, int] = {}
+    with open(ids_path, "a", encoding="utf-8") as ids:
+        for body in spec:
+            status, reply = post(body)
+            if status == 202:
+                ids.write(reply["id"] + "\n")
+            else:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+    return {"submitted": len(spec), "failures": failures}
+
+
+def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> dict:
+    accepted = 0
+    failures: dict[str, int] = {}
+    errors: list[str] = []
+    started = time.monotonic()
+    with open(ids_path, "a", encoding="utf-8") as ids:
+        for body in itertools.cycle(bodies or [DEFAULT_BODY]):
+            if os.path.exists(stop_path):
+                break
+            status, reply = post(body)
+            if status == 202:
+                accepted += 1
+                ids.write(reply["id"] + "\n")
+                ids.flush()
+            else:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+                if len(errors) < 5:
+                    errors.append(f"{status}: {reply.get('error', '')[:200]}")
+            time.sleep(1 / rate)
+    return {
+        "accepted": accepted,
+        "refused": sum(failures.values()),
+        "failures": failures,
+        "errors": errors,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def check(ids_path: str) -> dict:
+    with open(os.environ["TASKAPP_CONFIG"], encoding="utf-8") as config_file:
+        config = json.load(config_file)
+    locks = redis.Redis.from_url(config["locks_url"])
+    results = redis.Redis.from_url(config["result_backend"])
+    with open(ids_path, encoding="utf-8") as ids_file:
+        ids = [line.strip() for line in ids_file if line.strip()]
+    missing: list[str] = []
+    twice = 0
+    states: Counter[str] = Counter()
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        with locks.pipeline(transaction=False) as pipe:
+            for task_id in chunk:
+                pipe.exists(f"taskapp:done:{task_id}")
+            missing += [task_id for task_id, done in zip(chunk, pipe.execute(), strict=True) if not done]
+        twice += sum(int(count or 0) for count in locks.hmget("taskapp:duplicates", chunk))
+        for meta in results.mget([f"celery-task-meta-{task_id}" for task_id in chunk]):
+            states[json.loads(meta)["status"] if meta else "NO RESULT"] += 1
+    return {
+        "submitted": len(ids),
+        "unique": len(set(ids)),
+        "missing": len(missing),
+        "missing_sample": missing[:10],
+        "duplicate_executions_skipped": twice,
+        "states": dict(states),
+    }
+
+
+def order(ids_path: str) -> dict:
+    with open(os.environ["TASKAPP_CONFIG"], encoding="utf-8") as config_file:
+        config = json.load(config_file)
+    results = redis.Redis.from_url(config["result_backend"])
+    with open(ids_path, encoding="utf-8") as ids_file:
+        ids = [line.strip() for line in ids_file if line.strip()]
+    finished = []
+    for task_id, meta in zip(ids, results.mget([f"celery-task-meta-{task_id}" for task_id in ids]), strict=True):
+        if meta and json.loads(meta).get("date_done"):
+            finished.append((json.loads(meta)["date_done"], task_id))
+    return {"finished": [task_id for _, task_id in sorted(finished)], "unfinished": len(ids) - len(finished)}
+
+
+def main() -> None:
+    action, *args = sys.argv[1:]
+    if action == "submit":
+        result = submit(*args)
+    elif action == "steady":
+        result = steady(args[0], args[1], float(args[2]), [json.loads(body) for body in args[3:]])
+    elif action == "check":
+        result = check(args[0])
+    elif action == "order":
+        result = order(args[0])
+    else:
+        raise SystemExit(f"unknown action {action}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

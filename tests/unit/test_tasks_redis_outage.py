@@ -1,0 +1,114 @@
+"""A Redis restart or outage around a task is not the task's failure.
+
+The at-most-once guard (taskapp.tasks.IdempotentTask) talks to Redis before
+and after the task runs. Here Redis is a stand-in that refuses connections
+(or answers LOADING, as a restarted Redis does while it reads its data) for a
+while: the task must wait and run once, or, if Redis stays away too long,
+go back to its queue (requeue) rather than fail into the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from celery.exceptions import Reject
+from taskapp import config as config_module
+from taskapp import tasks
+from taskapp.api import create_api
+from taskapp.app import create_app
+
+
+class FlakyRedis:
+    """Enough of redis.Redis for the guard; the first `failures` calls raise `error`."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.data: dict[str, str] = {}
+        self.hashes: dict[str, dict[str, int]] = {}
+        self.calls = 0
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+
+    def get(self, key):
+        self._call()
+        return self.data.get(key)
+
+    def set(self, key, value, nx=False, ex=None):
+        self._call()
+        if nx and key in self.data:
+            return None
+        self.data[key] = value
+        return True
+
+    def hincrby(self, key, field, amount):
+        self._call()
+        self.hashes.setdefault(key, {})
+        self.hashes[key][field] = self.hashes[key].get(field, 0) + amount
+        return self.hashes[key][field]
+
+    def eval(self, script, numkeys, key, token, *args):
+        self._call()
+        if self.data.get(key) == token:
+            if "del" in script:
+                del self.data[key]
+            return 1
+        return 0
+
+
+@pytest.fixture
+def add(monkeypatch):
+    monkeypatch.setattr(tasks, "REDIS_RETRY_MAX_SECONDS", 0.01)
+    monkeypatch.setattr(tasks, "REDIS_RETRY_FIRST_SECONDS", 0.001)
+    app = create_app(dict(config_module.DEFAULTS))
+    return app.tasks["add"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.ConnectionError("Connection refused"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.TimeoutError("Timeout reading from socket"),
+    ],
+)
+def test_the_task_waits_for_redis_and_runs_once(add, error):
+    flaky = FlakyRedis(failures=8, error=error)
+    add.__dict__["locks"] = flaky
+    result = add.apply(args=(2, 3), task_id="outage-1")
+    assert result.state == "SUCCESS"
+    assert result.result == 5
+    assert flaky.data["taskapp:done:outage-1"] == "5"
+    assert "taskapp:running:outage-1" not in flaky.data, "the lease is released"
+
+
+def test_a_redis_gone_longer_than_the_patience_sends_the_task_back_to_its_queue(add, monkeypatch):
+    flaky = FlakyRedis(failures=10**9, error=redis.exceptions.ConnectionError("Connection refused"))
+    add.__dict__["locks"] = flaky
+    monkeypatch.setattr(type(add), "redis_deadlines", lambda self: (0.0, 0.0))
+    ran = []
+    monkeypatch.setattr(type(add), "run", lambda self, x, y: ran.append((x, y)))
+    result = add.apply(args=(2, 3), task_id="outage-3")
+    assert result.state == "REJECTED"
+    assert isinstance(result.result, Reject)
+    assert result.result.requeue is True, "requeued, not dead-lettered"
+    assert ran == [], "the task did not run without its guard"
+
+
+def test_a_finished_id_is_skipped_even_when_redis_answers_late(add):
+    flaky = FlakyRedis(failures=3, error=redis.exceptions.BusyLoadingError("loading"))
+    flaky.data["taskapp:done:outage-2"] = "5"
+    add.__dict__["locks"] = flaky
+    result = add.apply(args=(2, 3), task_id="outage-2")
+    assert result.result == 5
+    assert flaky.hashes["taskapp:duplicates"]["outage-2"] == 1
+
+
+def test_the_api_answers_at_once_instead_of_waiting_for_redis():
+    app = create_app(dict(config_module.DEFAULTS))
+    create_api(app)
+    assert app.conf.result_backend_always_retry is False
