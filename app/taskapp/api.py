@@ -146,10 +146,19 @@ def create_api(celery_app: Celery) -> Flask:
     # instead (set before the result backend is first used).
     celery_app.conf.result_backend_always_retry = False
     # The API never blocks on a result: GET /tasks/<id> reads it. Celery's
-    # Redis result backend would otherwise subscribe to every submitted id,
-    # growing without bound in a long-lived producer and blocking submissions
-    # for many seconds while Redis is unreachable.
-    celery_app.backend.on_task_call = lambda producer, task_id: None
+    # Redis result backend would otherwise subscribe to every submitted id
+    # (and unsubscribe when the result object is collected), growing without
+    # bound in a long-lived producer and blocking submissions while Redis is
+    # unreachable. Celery keeps one backend per thread (gunicorn serves from
+    # threads), so every backend this app makes is built without it.
+    make_backend = celery_app._get_backend
+
+    def backend_without_subscriptions() -> Any:
+        backend = make_backend()
+        backend.on_task_call = lambda producer, task_id: None
+        return backend
+
+    celery_app._get_backend = backend_without_subscriptions
     queue_names = [queue["name"] for queue in settings["queues"]]
 
     def error(status: int, message: str) -> tuple[Any, int]:

@@ -50,10 +50,18 @@ virtual/base.py), which the translations below follow:
   in the hash `unacked` (delivery tag -> JSON [envelope, exchange,
   routing_key]) and the sorted set `unacked_index` (tag -> delivery time).
 
-Celery publishes a task to a direct exchange's queue through the default
-exchange with the queue's name as routing key (that is what both brokers
-hold: "exchange": "", "routing_key": "default"), so the mover does the same
-in both directions: deterministic, and independent of bindings.
+Celery publishes a task through the default exchange with the queue's name
+as routing key (that is what both brokers hold: "exchange": "",
+"routing_key": "default"), so the mover does the same in both directions:
+deterministic, and independent of bindings. A countdown/ETA task is the
+exception on RabbitMQ: with quorum queues Celery delays it in the broker
+(kombu.transport.native_delayed_delivery), publishing it to the exchange
+celery_delayed_27 with a routing key made of its delay's 28 bits and the
+queue's key; it waits in the queues celery_delayed_27..0 until due, then
+reaches its queue. The mover publishes a Redis ETA message that is still
+due the same way, with the delay it has left, and on the way back takes the
+waiting ones out of the delay queues (their destination is the routing
+key's end).
 
 Priorities: the API's 0..9 (9 most urgent) are stored as 9 - p on Redis and
 as p on RabbitMQ (taskapp.app.broker_priority). A moved message's priority is
@@ -67,7 +75,9 @@ import base64
 import fnmatch
 import hashlib
 import json
+import math
 import os
+import re
 import socket
 import sys
 import time
@@ -80,10 +90,17 @@ from urllib.parse import unquote, urlsplit
 
 import amqp
 import redis
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, calculate_routing_key, level_name
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 
 DIRECTIONS = ("redis-to-rabbitmq", "rabbitmq-to-redis")
+# Celery's delayed delivery on RabbitMQ: where a delayed message enters, the
+# delay queues from the longest level down, and the delay prefix of a
+# routing key (28 bits, "0." or "1." each).
+DELAY_ENTRY_EXCHANGE = level_name(MAX_LEVEL)
+DELAY_QUEUES = tuple(level_name(level) for level in range(MAX_LEVEL, -1, -1))
+DELAY_PREFIX = re.compile(rf"^(?:[01]\.){{{MAX_LEVEL + 1}}}")
 PRIORITY_MIN = 0
 PRIORITY_MAX = 9
 SEP = ":"
@@ -234,7 +251,27 @@ def envelope_body(envelope: dict[str, Any]) -> bytes:
     raise UnmovableMessage(f"unknown body_encoding {encoding!r}")
 
 
-def envelope_to_amqp(envelope: dict[str, Any], queue: str) -> AmqpMessage:
+def seconds_until_eta(headers: dict[str, Any], now: datetime | None = None) -> float:
+    """How long a task has to wait before it is due (0 when it has no ETA or is due)."""
+    eta = headers.get("eta")
+    if not eta:
+        return 0.0
+    try:
+        due = datetime.fromisoformat(str(eta))
+    except ValueError as exc:
+        raise UnmovableMessage(f"eta {eta!r} is not an ISO 8601 time") from exc
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=UTC)
+    return max((due - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def delayed_destination(routing_key: str) -> str | None:
+    """The queue routing key a delayed message goes to (its key without the delay bits), None if not delayed."""
+    match = DELAY_PREFIX.match(routing_key)
+    return routing_key[match.end() :] if match else None
+
+
+def envelope_to_amqp(envelope: dict[str, Any], queue: str, now: datetime | None = None) -> AmqpMessage:
     """Translate a kombu Redis envelope into the RabbitMQ message to publish.
 
     Task id, headers (eta, retries, root and parent ids, ...), body, content
@@ -242,7 +279,9 @@ def envelope_to_amqp(envelope: dict[str, Any], queue: str) -> AmqpMessage:
     persistent; its priority becomes 9 minus the Redis one. kombu's own
     bookkeeping (delivery_tag, delivery_info, body_encoding) stays behind,
     and so do properties AMQP has no field for, as a direct publish to
-    RabbitMQ would drop them.
+    RabbitMQ would drop them. A task whose ETA is still a second or more away
+    goes into Celery's delay queues with the delay it has left (rounded up
+    to whole seconds, as the broker counts), so no worker holds it.
     """
     if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
         raise UnmovableMessage("not a kombu envelope (no properties object)")
@@ -261,6 +300,14 @@ def envelope_to_amqp(envelope: dict[str, Any], queue: str) -> AmqpMessage:
         if props.get(name) is not None:
             properties[name] = props[name]
     properties = {name: value for name, value in properties.items() if value is not None}
+    delay = math.ceil(seconds_until_eta(headers, now))
+    if delay >= 1:
+        return AmqpMessage(
+            body=envelope_body(envelope),
+            properties=properties,
+            exchange=DELAY_ENTRY_EXCHANGE,
+            routing_key=calculate_routing_key(delay, queue),
+        )
     return AmqpMessage(body=envelope_body(envelope), properties=properties, exchange="", routing_key=queue)
 
 
@@ -418,6 +465,16 @@ class Rabbit:
             raise MoveError(f"queue {name!r} does not exist on RabbitMQ (run the rabbitmq role first)") from exc
         return messages, consumers
 
+    def exchange_exists(self, name: str) -> bool:
+        """Whether an exchange exists; asked on a channel of its own (a 404 closes it)."""
+        channel = self.connection.channel()
+        try:
+            channel.exchange_declare(name, "topic", passive=True)
+        except amqp.exceptions.NotFound:
+            return False
+        channel.close()
+        return True
+
     def _start_confirms(self) -> None:
         self.channel.confirm_select()
         self.channel.events["basic_ack"].add(self._on_ack)
@@ -468,6 +525,10 @@ class Rabbit:
     def get(self, queue: str) -> amqp.Message | None:
         """One message, unacknowledged until ack() (basic_get)."""
         return self.channel.basic_get(queue, no_ack=False)
+
+    def ack(self, delivery_tag: int) -> None:
+        """Acknowledge one message got on this channel."""
+        self.channel.basic_ack(delivery_tag)
 
     def ack_through(self, delivery_tag: int) -> None:
         """Acknowledge every message got on this channel up to delivery_tag."""
@@ -633,15 +694,17 @@ class Lock:
 
 
 def rabbit_counts(rabbit: Rabbit, settings: Settings) -> dict[str, Any]:
-    """Ready messages and consumers of the app queues and the dead-letter queue."""
+    """Ready messages and consumers of the app queues, the delay queues and the dead-letter queue."""
     queues = {}
     for queue in settings.queues:
         ready, consumers = rabbit.queue_state(queue.name)
         queues[queue.name] = {"ready": ready, "consumers": consumers}
+    delayed = sum(rabbit.queue_state(name)[0] for name in DELAY_QUEUES)
     ready, consumers = rabbit.queue_state(settings.dead_letter_queue)
     return {
         "queues": queues,
-        "ready": sum(counts["ready"] for counts in queues.values()),
+        "delayed": delayed,
+        "ready": sum(counts["ready"] for counts in queues.values()) + delayed,
         "consumers": sum(counts["consumers"] for counts in queues.values()),
         "dead_letter": {"name": settings.dead_letter_queue, "ready": ready, "consumers": consumers},
     }
@@ -738,6 +801,11 @@ class RedisToRabbit(Move):
             raise MoveError("; ".join(blockers))
         for queue in self.settings.queues:
             self.rabbit.queue_state(queue.name)
+        if not self.rabbit.exchange_exists(DELAY_ENTRY_EXCHANGE):
+            raise MoveError(
+                f"RabbitMQ has no exchange {DELAY_ENTRY_EXCHANGE}: Celery's delayed-delivery topology is missing"
+                " (the rabbitmq role declares it)"
+            )
         self.lock.acquire()
         try:
             before = redis_counts(self.client, self.settings.queues, count_eta=False)
@@ -847,7 +915,11 @@ class RabbitToRedis(Move):
     message's key in the journal set are one MULTI, so when a crash between
     write and ack makes RabbitMQ deliver the message again (redelivered), the
     journal tells that it is already in Redis and it is only acknowledged.
-    The dead-letter queue is left where it is.
+    The delay queues are emptied first, from the longest delay down (a
+    message whose delay runs out meanwhile moves to a shorter level or to its
+    queue, both emptied later), then the app queues. A delayed message keeps
+    its ETA header: a Redis worker holds it until it is due. The dead-letter
+    queue is left where it is.
     """
 
     direction = DIRECTIONS[1]
@@ -855,6 +927,7 @@ class RabbitToRedis(Move):
     def __init__(self, client: redis.Redis, rabbit: Rabbit, settings: Settings, options: MoveOptions) -> None:
         super().__init__(client, rabbit, settings, options)
         self.limited = False
+        self.unroutable = 0
 
     def run(self) -> dict[str, Any]:
         before = rabbit_counts(self.rabbit, self.settings)
@@ -864,9 +937,9 @@ class RabbitToRedis(Move):
         self.lock.acquire()
         try:
             self.reporter.found = before["ready"]
-            self.reporter.emit("start", found=before["ready"])
-            for queue in self.settings.queues:
-                self.take_queue(queue.name)
+            self.reporter.emit("start", found=before["ready"], delayed=before["delayed"])
+            for name in (*DELAY_QUEUES, *(queue.name for queue in self.settings.queues)):
+                self.take_queue(name)
             if not self.limited:
                 self.client.delete(MOVED_KEY)
         finally:
@@ -877,45 +950,70 @@ class RabbitToRedis(Move):
             "moved": self.tally.moved,
             "possible_duplicates": self.tally.possible_duplicates,
             "skipped_duplicates": self.tally.skipped_duplicates,
+            "unroutable": self.unroutable,
             "remaining": after["ready"],
             "dead_letter": after["dead_letter"]["ready"],
             "per_queue": self.tally.per_queue,
             **self.reporter.timing(self.tally.moved),
         }
 
-    def take_queue(self, queue: str) -> None:
+    def destination(self, source: str, message: amqp.Message) -> str | None:
+        """The app queue a message belongs in: its own queue, or for a delayed one the end of its routing key."""
+        if source not in DELAY_QUEUES:
+            return source
+        key = delayed_destination(message.delivery_info.get("routing_key", ""))
+        return queue_for_route("", key, self.settings.queues) if key is not None else None
+
+    def take_queue(self, source: str) -> None:
         while True:
             room = self.room()
             if room <= 0:
                 self.limited = True
                 return
             batch = []
-            while len(batch) < room and (message := self.rabbit.get(queue)) is not None:
+            while len(batch) < room and (message := self.rabbit.get(source)) is not None:
                 batch.append(message)
             if not batch:
                 return
-            self.write_batch(queue, batch)
+            self.write_batch(source, batch)
 
-    def write_batch(self, queue: str, batch: list[amqp.Message]) -> None:
-        """Write a batch into kombu's lists, with its journal keys, in one MULTI; then acknowledge it."""
+    def write_batch(self, source: str, batch: list[amqp.Message]) -> None:
+        """Write a batch into kombu's lists, with its journal keys, in one MULTI; then acknowledge it.
+
+        A delayed message for no app queue (the broker would drop it when
+        due) stays where it is, counted as unroutable.
+        """
         keys = [
             message_key(body_bytes(message), message.properties.get("application_headers") or {}) for message in batch
         ]
         already = self.already_moved(batch, keys)
+        destinations = [self.destination(source, message) for message in batch]
         pipe = self.client.pipeline(transaction=True)
+        written: dict[str, int] = {}
         for i, message in enumerate(batch):
-            if i in already:
+            queue = destinations[i]
+            if i in already or queue is None:
                 continue
             envelope = amqp_to_envelope(body_bytes(message), message.properties, queue, str(uuid.uuid4()))
             pipe.lpush(redis_list_key(queue, envelope["properties"]["priority"]), kombu_dumps(envelope))
             pipe.sadd(MOVED_KEY, keys[i])
+            written[queue] = written.get(queue, 0) + 1
         pipe.expire(MOVED_KEY, MOVED_KEEP_SECONDS)
         pipe.execute()
-        written = len(batch) - len(already)
-        if self.options.crash_due(self.tally.moved + written):
-            crash_for_test(self.reporter, self.tally.moved + written)
-        self.rabbit.ack_through(batch[-1].delivery_tag)
-        self.tally.add(queue, written)
+        if self.options.crash_due(self.tally.moved + sum(written.values())):
+            crash_for_test(self.reporter, self.tally.moved + sum(written.values()))
+        if None not in destinations:
+            self.rabbit.ack_through(batch[-1].delivery_tag)
+        else:
+            # The unroutable ones stay unacknowledged: RabbitMQ takes them
+            # back when the mover disconnects, and verify reports them.
+            for message, queue in zip(batch, destinations, strict=True):
+                if queue is None:
+                    self.unroutable += 1
+                else:
+                    self.rabbit.ack(message.delivery_tag)
+        for queue, count in written.items():
+            self.tally.add(queue, count)
         self.tally.skipped_duplicates += len(already)
         self.lock.renew()
         self.reporter.progress(self.tally.moved)

@@ -88,9 +88,14 @@ def test_two_deliveries_of_one_task_id_at_the_same_time_run_it_once(api_host, re
 def test_a_countdown_task_waits_in_the_broker_not_in_a_worker(api_host, rabbitmq, group_hosts, redis_host):
     submitted = time.time()
     task_id = submit(api_host, {"task": "add", "args": [6, 7], "countdown": 12})
-    time.sleep(3)
-    queues = rabbitmq_queues(rabbitmq)
-    delayed = sum(queue["messages"] for name, queue in queues.items() if name.startswith("celery_delayed_"))
+    # Queue counts of quorum queues lag by a few seconds.
+    deadline = time.monotonic() + 8
+    while True:
+        queues = rabbitmq_queues(rabbitmq)
+        delayed = sum(queue["messages"] for name, queue in queues.items() if name.startswith("celery_delayed_"))
+        if delayed >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert delayed >= 1, "the countdown task is not in the broker's delay queues"
     assert all(queues[name]["messages_unacknowledged"] == 0 for name in APP_QUEUES)
     scheduled = group_hosts("workers")[0].check_output(f"{CELERY} inspect scheduled --timeout 5 --json")

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections import deque
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
+from kombu.transport.native_delayed_delivery import calculate_routing_key
 from taskapp import broker_move as bm
 from taskapp.app import broker_priority
 
@@ -459,9 +461,15 @@ class FakePipeline:
 
 
 class FakeRabbit:
-    """Queues of messages; get/ack as basic_get and basic_ack(multiple); a crash requeues what was not acked."""
+    """Queues of messages; get/ack as basic_get and basic_ack(multiple); a crash requeues what was not acked.
+
+    The delay queues of Celery's delayed delivery exist beside the app's; a
+    message published to the delay exchange lands in the longest one, keeping
+    its routing key (the delay's bits, then its queue's key).
+    """
 
     def __init__(self, queue_names: list[str]) -> None:
+        queue_names = [*queue_names, *bm.DELAY_QUEUES]
         self.queues: dict[str, deque] = {name: deque() for name in queue_names}
         self.consumers: dict[str, int] = dict.fromkeys(queue_names, 0)
         self.unacked: list[tuple[int, str, SimpleNamespace]] = []
@@ -473,12 +481,21 @@ class FakeRabbit:
             raise bm.MoveError(f"queue {name!r} does not exist on RabbitMQ")
         return len(self.queues[name]), self.consumers[name]
 
+    def exchange_exists(self, name: str) -> bool:
+        return name == bm.DELAY_ENTRY_EXCHANGE
+
     def publish(self, messages: list[bm.AmqpMessage]) -> None:
         self.publish_calls += 1
         for message in messages:
-            assert message.exchange == ""
-            self.queues[message.routing_key].append(
-                SimpleNamespace(body=message.body, properties=dict(message.properties), redelivered=False)
+            assert message.exchange in ("", bm.DELAY_ENTRY_EXCHANGE)
+            queue = bm.DELAY_QUEUES[0] if message.exchange else message.routing_key
+            self.queues[queue].append(
+                SimpleNamespace(
+                    body=message.body,
+                    properties=dict(message.properties),
+                    redelivered=False,
+                    routing_key=message.routing_key,
+                )
             )
 
     def get(self, queue: str) -> SimpleNamespace | None:
@@ -487,13 +504,16 @@ class FakeRabbit:
         stored = self.queues[queue].popleft()
         self.tag += 1
         self.unacked.append((self.tag, queue, stored))
-        info = {"redelivered": stored.redelivered, "exchange": "", "routing_key": queue}
+        info = {"redelivered": stored.redelivered, "exchange": "", "routing_key": getattr(stored, "routing_key", queue)}
         return SimpleNamespace(
             body=stored.body, properties=stored.properties, delivery_info=info, delivery_tag=self.tag
         )
 
     def ack_through(self, delivery_tag: int) -> None:
         self.unacked = [entry for entry in self.unacked if entry[0] > delivery_tag]
+
+    def ack(self, delivery_tag: int) -> None:
+        self.unacked = [entry for entry in self.unacked if entry[0] != delivery_tag]
 
     def crash(self) -> None:
         """The mover's connection died: RabbitMQ requeues what it had not acknowledged."""
@@ -981,3 +1001,73 @@ def test_missing_confirms_time_out(monkeypatch):
     rabbit, _ = fake_rabbit(lambda channel: False)
     with pytest.raises(bm.MoveError, match="did not confirm 2 message"):
         rabbit.publish(some_messages(2))
+
+
+# --------------------------------------------------------------------------
+# Countdown tasks and RabbitMQ's delayed delivery
+
+
+def eta_envelope(seconds_from_now: float, queue: str = "default") -> dict[str, Any]:
+    """A captured ETA message of the Redis fixture, due seconds_from_now from now."""
+    _, envelope = redis_fixture_envelopes()["005"]
+    envelope = json.loads(json.dumps(envelope))
+    envelope["headers"]["eta"] = (datetime.now(UTC) + timedelta(seconds=seconds_from_now)).isoformat()
+    envelope["properties"]["delivery_info"]["routing_key"] = queue
+    return envelope
+
+
+def test_a_redis_eta_task_still_due_enters_the_brokers_delay_queues_with_the_delay_it_has_left():
+    now = datetime.now(UTC)
+    envelope = eta_envelope(0)
+    envelope["headers"]["eta"] = (now + timedelta(seconds=89.2)).isoformat()
+    message = bm.envelope_to_amqp(envelope, "emails", now=now)
+    # What Celery publishes for a 90 s countdown: kombu's delay exchange and
+    # the delay's 28 bits before the queue's key; the ETA header stays.
+    assert message.exchange == "celery_delayed_27"
+    assert message.routing_key == calculate_routing_key(90, "emails")
+    assert message.properties["application_headers"]["eta"] == envelope["headers"]["eta"]
+
+
+@pytest.mark.parametrize("seconds", [-30, 0, 0.4])
+def test_a_redis_eta_task_that_is_due_goes_to_its_queue(seconds):
+    now = datetime.now(UTC)
+    envelope = eta_envelope(0)
+    envelope["headers"]["eta"] = (now + timedelta(seconds=seconds)).isoformat()
+    message = bm.envelope_to_amqp(envelope, "default", now=now)
+    expected = ("celery_delayed_27", calculate_routing_key(1, "default")) if seconds > 0 else ("", "default")
+    assert (message.exchange, message.routing_key) == expected
+
+
+def test_move_to_rabbitmq_puts_due_later_tasks_in_the_delay_queues():
+    client = FakeRedis()
+    client.data["default"] = [json.dumps(eta_envelope(600)).encode(), json.dumps(eta_envelope(-5)).encode()]
+    rabbit = rabbit_from_fixture()
+    before = len(rabbit.queues["default"])
+    summary = forward(client, rabbit)
+    assert summary["moved"] == 2
+    (delayed,) = rabbit.queues[bm.DELAY_QUEUES[0]]
+    assert bm.delayed_destination(delayed.routing_key) == "default"
+    assert len(rabbit.queues["default"]) == before + 1
+
+
+def test_move_to_redis_takes_the_waiting_countdown_tasks_out_of_the_delay_queues():
+    client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
+    for queue in ("emails", "default"):
+        envelope = eta_envelope(300, queue)
+        rabbit.publish([bm.envelope_to_amqp(envelope, queue)])
+    summary = backward(client, rabbit)
+    assert summary["moved"] == 2 and summary["remaining"] == 0 and summary["unroutable"] == 0
+    assert all(not rabbit.queues[name] for name in bm.DELAY_QUEUES)
+    for queue in ("emails", "default"):
+        (raw,) = [raw for key, raws in client.data.items() if key.split(":")[0] == queue for raw in raws]
+        assert json.loads(raw)["headers"]["eta"], "the ETA stays: the Redis worker holds the task until it is due"
+        assert json.loads(raw)["properties"]["delivery_info"]["routing_key"] == queue
+
+
+def test_a_delayed_message_for_no_app_queue_stays_in_the_broker():
+    client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
+    rabbit.publish([bm.envelope_to_amqp(eta_envelope(300, "elsewhere"), "elsewhere")])
+    summary = backward(client, rabbit)
+    assert summary["unroutable"] == 1 and summary["moved"] == 0
+    rabbit.close()
+    assert len(rabbit.queues[bm.DELAY_QUEUES[0]]) == 1

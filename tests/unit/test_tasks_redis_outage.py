@@ -9,6 +9,8 @@ go back to its queue (requeue) rather than fail into the dead-letter queue.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import redis
 from celery.exceptions import Reject
@@ -112,3 +114,16 @@ def test_the_api_answers_at_once_instead_of_waiting_for_redis():
     app = create_app(dict(config_module.DEFAULTS))
     create_api(app)
     assert app.conf.result_backend_always_retry is False
+
+
+def test_the_api_never_subscribes_to_results_in_any_thread():
+    # Celery keeps one result backend per thread; gunicorn serves requests
+    # from threads. A subscription would tie every submission to Redis.
+    app = create_app(dict(config_module.DEFAULTS, result_backend="redis://127.0.0.1:1/1"))
+    create_api(app)
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(app.backend.on_task_call(None, "some-id")))
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    assert app.backend.result_consumer.subscribed_to == set()
