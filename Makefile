@@ -49,7 +49,7 @@ PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 ON_HOSTS := $(if $(filter aws,$(ENV)),python scripts/aws_deploy.py exec)
 STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
 
-.PHONY: help venv deploy verify status migrate rollback-broker destroy test lint unit terraform molecule clean check-env
+.PHONY: help venv deploy verify status migrate rollback-broker destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -121,10 +121,14 @@ terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, 
 	scripts/tf-scan.sh
 	scripts/tf-moto-test.sh
 
-molecule: venv ## Molecule scenarios default (deploy, idempotence, verify) and migration (Redis -> RabbitMQ and back)
+molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotence, verify with fault tests) and migration (Redis -> RabbitMQ cluster and back)
 	scripts/ensure-docker.sh
 	molecule test --scenario-name default
 	molecule test --scenario-name migration
+
+chaos: venv ## Heavy fault scenarios, not in make test: the RabbitMQ cluster grows 1 -> 3 -> 5 and shrinks to 3 under load, counted
+	scripts/ensure-docker.sh
+	molecule test --scenario-name chaos
 
 clean: ## Remove .venv and caches (not the deployments)
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -5,11 +5,11 @@ Copied onto an app host (api or worker) and run with the app's venv python:
   load.py submit SPEC IDS         post every submission of SPEC (JSON list) to
                                   the API on 127.0.0.1:8000; append the ids
                                   to IDS
-  load.py steady IDS STOP RATE [BODY...]
+  load.py steady IDS STOP RATE [BODY... | @FILE]
                                   post RATE times a second until the file STOP
                                   exists, cycling through the JSON bodies
-                                  given (default: add); append ids, count
-                                  refusals by status
+                                  given (or the JSON list in FILE; default:
+                                  add); append ids, count refusals by status
   load.py check IDS               which ids have not run (no taskapp:done:<id>
                                   in Redis db 2), how many ran twice (copies
                                   the app skipped, taskapp:duplicates), and
@@ -139,7 +139,11 @@ def main() -> None:
     if action == "submit":
         result = submit(*args)
     elif action == "steady":
-        result = steady(args[0], args[1], float(args[2]), [json.loads(body) for body in args[3:]])
+        bodies = [json.loads(body) for body in args[3:] if not body.startswith("@")]
+        for path in (body[1:] for body in args[3:] if body.startswith("@")):
+            with open(path, encoding="utf-8") as bodies_file:
+                bodies += json.load(bodies_file)
+        result = steady(args[0], args[1], float(args[2]), bodies)
     elif action == "check":
         result = check(args[0])
     elif action == "order":

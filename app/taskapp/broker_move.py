@@ -745,6 +745,7 @@ class Tally:
 
     moved: int = 0
     possible_duplicates: int = 0
+    delayed: int = 0
     skipped_duplicates: int = 0
     unmovable: int = 0
     per_queue: dict[str, int] = field(default_factory=dict)
@@ -824,6 +825,7 @@ class RedisToRabbit(Move):
             "found": self.reporter.found,
             "moved": self.tally.moved,
             "possible_duplicates": self.tally.possible_duplicates,
+            "delayed": self.tally.delayed,
             "unmovable": self.tally.unmovable,
             "remaining": redis_left(after),
             "per_queue": self.tally.per_queue,
@@ -892,6 +894,7 @@ class RedisToRabbit(Move):
             pipe.lrem(inflight, -1, raw)
         pipe.execute()
         self.tally.add(queue, len(translated))
+        self.tally.delayed += sum(1 for _, message in translated if message.exchange == DELAY_ENTRY_EXCHANGE)
         if recovered:
             self.tally.possible_duplicates += len(translated)
         self.lock.renew()
@@ -949,7 +952,9 @@ class RabbitToRedis(Move):
             "found": self.reporter.found,
             "moved": self.tally.moved,
             "possible_duplicates": self.tally.possible_duplicates,
+            "delayed": self.tally.delayed,
             "skipped_duplicates": self.tally.skipped_duplicates,
+            "delayed": self.tally.delayed,
             "unroutable": self.unroutable,
             "remaining": after["ready"],
             "dead_letter": after["dead_letter"]["ready"],
@@ -1014,6 +1019,8 @@ class RabbitToRedis(Move):
                     self.rabbit.ack(message.delivery_tag)
         for queue, count in written.items():
             self.tally.add(queue, count)
+        if source in DELAY_QUEUES:
+            self.tally.delayed += sum(written.values())
         self.tally.skipped_duplicates += len(already)
         self.lock.renew()
         self.reporter.progress(self.tally.moved)

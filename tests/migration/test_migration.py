@@ -1,5 +1,5 @@
-"""Molecule scenario "migration": a Redis-broker deployment moved to RabbitMQ
-under load, with an interrupted move, and moved back.
+"""Molecule scenario "migration": a Redis-broker deployment moved to a RabbitMQ
+cluster of 3 nodes under load, with an interrupted move, and moved back.
 
 The deployment (made by molecule's create and converge) runs on the Redis
 broker. The tests then do what make migrate and make rollback-broker do, with
@@ -11,65 +11,29 @@ The tests run in file order; each builds on the one before.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-from collections import Counter
-from pathlib import Path
 
-import pytest
+from scenarios import Deployment, deployment, put_file, sh
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOYMENT = os.environ.get("KIT_LOCAL_DEPLOYMENT", "migration")
-STATE = ROOT / ".state" / DEPLOYMENT
-APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
-LOAD = "/root/load.py"
+KIT = Deployment(deployment("migration"))
+STATE = KIT.state
 IDS = "/root/ids.txt"
 STEADY_IDS = "/root/steady-ids.txt"
 STOP = "/root/stop"
-COUNTDOWN = 360
+# Long enough that the countdown tasks are still due when the move ends: they
+# must enter RabbitMQ's delay queues with the delay they have left.
+COUNTDOWN = 600
 ROLLBACK_COUNTDOWN = 240
+RABBITMQ_NODES = 3
 INTERRUPT_AFTER = 40
 EMAILS = 200
-# The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-if not Path(ANSIBLE_PLAYBOOK).exists():
-    ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or "ansible-playbook"
+container = KIT.container
+playbook = KIT.playbook
+load = KIT.load
 
 
-def container(group: str, index: int = 1) -> str:
-    return f"ck-{DEPLOYMENT}-{group}-{index}"
-
-
-def sh(name: str, command: str, check: bool = True, timeout: float = 600) -> str:
-    result = subprocess.run(
-        ["docker", "exec", name, "bash", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{name}: {command} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def playbook(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """Run a playbook against this deployment, as make would; print its tail."""
-    command = [ANSIBLE_PLAYBOOK, "-i", "inventories/local", "-e", "local_publish_ports=false", *args]
-    env = dict(os.environ, KIT_LOCAL_DEPLOYMENT=DEPLOYMENT, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    print(f"$ {' '.join(args)}  (exit {result.returncode}, {time.monotonic() - started:.0f}s)")
-    print("\n".join(result.stdout.splitlines()[-60:]))
-    return result
-
-
-def migrate(target: str, *args: str) -> subprocess.CompletedProcess:
+def migrate(target: str, *args: str):
     return playbook("-e", f"migration_target={target}", *args, "playbooks/migrate-broker.yml")
 
 
@@ -80,61 +44,23 @@ def moved_count(output: str) -> int:
     return int(match.group(1))
 
 
+def delayed_count(output: str) -> int:
+    """Countdown tasks the mover put into (or took out of) RabbitMQ's delay queues, from the report."""
+    match = re.search(r"Countdown tasks still due, moved [^:]*: (\d+)", output)
+    assert match, "the migration reported no countdown tasks"
+    return int(match.group(1))
+
+
 def api_broker() -> str:
     return json.loads(sh(container("api"), "curl -s -m 5 http://127.0.0.1:8000/healthz"))["broker"]
 
 
-def put_file(name: str, path: str, text: str) -> None:
-    """Write a file into a container (docker cp: no argument-length limit)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as local:
-        local.write(text)
-        local.flush()
-        os.chmod(local.name, 0o644)
-        subprocess.run(["docker", "cp", local.name, f"{name}:{path}"], check=True)
-
-
-def load(name: str, *args: str) -> dict:
-    return json.loads(sh(name, f"{APP} {LOAD} {' '.join(args)}").strip().splitlines()[-1])
-
-
-def wait_until_all_ran(ids_file: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        # On the api host: the ids are there, and its configuration names Redis db 2 too.
-        report = load(container("api"), "check", ids_file)
-        if report["missing"] == 0 or time.monotonic() > deadline:
-            return report
-        time.sleep(5)
-
-
-def containers_named(part: str) -> list[str]:
-    """Containers, running or not, whose name contains part."""
-    return subprocess.run(
-        ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={part}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-
-
-def welcome_emails_sent() -> Counter:
-    """Task ids in the mail sinks of every worker host, with how often each wrote one."""
-    names = containers_named(f"ck-{DEPLOYMENT}-workers-")
-    assert names, "no worker host found"
-    lines = "".join(sh(name, "cat /var/lib/taskapp/mail-sink.log 2>/dev/null || true") for name in names)
-    return Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
-
-
 def rabbitmq_app_messages() -> int:
-    out = sh(container("rabbitmq"), "rabbitmqctl -q --formatter json list_queues -p /celery name messages")
-    return sum(queue["messages"] for queue in json.loads(out) if queue["name"] != "dead-letter")
+    return sum(count for name, count in KIT.rabbitmq_messages().items() if name != "dead-letter")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def load_script():
-    for group in ("api",):
-        script = str(Path(__file__).resolve().parents[1] / "load.py")
-        subprocess.run(["docker", "cp", script, f"{container(group)}:{LOAD}"], check=True)
+def rabbitmq_delayed_messages() -> int:
+    return sum(count for name, count in KIT.rabbitmq_messages().items() if name.startswith("celery_delayed_"))
 
 
 def test_the_deployment_starts_on_redis():
@@ -144,7 +70,9 @@ def test_the_deployment_starts_on_redis():
 
 def test_dry_run_prints_the_plan_and_changes_nothing():
     # A few tasks run first, so the plan has results and messages to count.
-    sh(container("api"), f"{APP} {LOAD} steady /root/dry-ids.txt /root/dry-stop 5 & sleep 3; touch /root/dry-stop")
+    KIT.start_steady_load("/root/dry-ids.txt", "/root/dry-stop", "/root/dry.json", 5, [{"task": "add", "args": [1, 1]}])
+    time.sleep(3)
+    KIT.stop_steady_load("/root/dry-stop", "/root/dry.json")
     result = migrate("rabbitmq", "-e", "migration_dry_run=true")
     assert result.returncode == 0
     assert "Moving the broker from redis to rabbitmq" in result.stdout
@@ -155,11 +83,16 @@ def test_dry_run_prints_the_plan_and_changes_nothing():
 
 
 def test_migration_under_load_with_an_interrupted_move_loses_no_task():
-    # make migrate, part 1: the RabbitMQ host of a Redis-broker deployment.
-    rabbitmq_host = playbook(
-        "-e", '{"local_groups": ["rabbitmq"]}', "-e", "local_rabbitmq_hosts=1", "playbooks/local-hosts.yml"
+    # make migrate RABBITMQ_HOSTS=3, part 1: the RabbitMQ hosts of a
+    # Redis-broker deployment (the playbook then forms the cluster).
+    rabbitmq_hosts = playbook(
+        "-e",
+        '{"local_groups": ["rabbitmq"]}',
+        "-e",
+        f"local_rabbitmq_hosts={RABBITMQ_NODES}",
+        "playbooks/local-hosts.yml",
     )
-    assert rabbitmq_host.returncode == 0
+    assert rabbitmq_hosts.returncode == 0
 
     # A backlog: long tasks that keep every worker slot busy, quick ones
     # behind them, emails, urgent ones, and countdown tasks due after the switch.
@@ -171,7 +104,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
         + [{"task": "process_task", "args": [{"seconds": 0.1}], "queue": "priority", "priority": 9} for _ in range(200)]
     )
     put_file(container("api"), "/root/spec.json", json.dumps(spec))
-    submitted = load(container("api"), "submit", "/root/spec.json", IDS)
+    submitted = load("submit", "/root/spec.json", IDS)
     assert submitted["failures"] == {}, submitted
 
     # A worker process dies holding reserved and countdown tasks: they stay
@@ -180,8 +113,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     sh(container("workers", 2), "systemctl kill --signal=KILL taskapp-worker@1.service")
 
     # Submissions keep coming during the whole migration.
-    steady_command = f"{APP} {LOAD} steady {STEADY_IDS} {STOP} 10 > /root/steady.json"
-    sh(container("api"), f"rm -f {STOP}; nohup sh -c '{steady_command}' >/dev/null 2>&1 &")
+    KIT.start_steady_load(STEADY_IDS, STOP, "/root/steady.json", 10, [{"task": "add", "args": [1, 1]}])
 
     # The move dies after publishing some messages, before deleting them.
     failing_mover = json.dumps({"migration_mover_test_arguments": ["--fail-after-publish", str(INTERRUPT_AFTER)]})
@@ -197,11 +129,14 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     # The countdown tasks (held by workers, then handed back) and the dead
     # worker's reservations were moved by the mover, not consumed on Redis.
     assert moved_count(finished.stdout) >= 100 - INTERRUPT_AFTER
+    # All 100 countdown tasks are still due: they went into the cluster's
+    # delay queues with the delay they had left, not into a worker's memory.
+    assert delayed_count(finished.stdout) == 100
+    assert rabbitmq_delayed_messages() >= 1
     assert "batch 3: moved" in finished.stdout
     assert "possible duplicates" in finished.stdout.lower()
 
-    sh(container("api"), f"touch {STOP}; sleep 3; cat /root/steady.json")
-    steady = json.loads(sh(container("api"), "cat /root/steady.json"))
+    steady = KIT.stop_steady_load(STOP, "/root/steady.json")
     print("submitter during the migration:", steady)
     assert steady["accepted"] > 0
     assert steady["failures"] == {}, f"submissions failed during the switch: {steady['failures']}"
@@ -214,13 +149,13 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     assert dbsize.strip() == "0", "broker keys are left in Redis db 0"
 
     sh(container("api"), f"cat {STEADY_IDS} >> {IDS}")
-    report = wait_until_all_ran(IDS, timeout=COUNTDOWN + 420)
+    report = KIT.wait_until_all_ran(IDS, timeout=COUNTDOWN + 420)
     print("executions:", report)
     assert report["unique"] == report["submitted"]
     assert report["missing"] == 0, f"{report['missing']} accepted tasks never ran, e.g. {report['missing_sample']}"
 
     # What a user would notice first: nobody got their welcome email twice.
-    sent = welcome_emails_sent()
+    sent = KIT.welcome_emails_sent()
     assert len(sent) == EMAILS
     sent_twice = [task_id for task_id, count in sent.items() if count > 1]
     assert not sent_twice, f"{len(sent_twice)} welcome emails were sent twice, e.g. {sent_twice[:5]}"
@@ -234,17 +169,18 @@ def test_rollback_moves_back_to_redis_losing_no_task():
     ]
     put_file(container("api"), "/root/spec2.json", json.dumps(spec))
     sh(container("api"), f"rm -f {IDS}.2")
-    assert load(container("api"), "submit", "/root/spec2.json", f"{IDS}.2")["failures"] == {}
+    assert load("submit", "/root/spec2.json", f"{IDS}.2")["failures"] == {}
 
     result = migrate("redis", "-e", "migration_batch_size=20")
     assert result.returncode == 0
     assert moved_count(result.stdout) >= 50
+    print("countdown tasks moved out of the delay queues:", delayed_count(result.stdout))
     assert "batch 3: moved" in result.stdout
     assert api_broker() == "redis"
     assert (STATE / "broker").read_text() == "redis"
     assert rabbitmq_app_messages() == 0
 
-    report = wait_until_all_ran(f"{IDS}.2", timeout=ROLLBACK_COUNTDOWN + 300)
+    report = KIT.wait_until_all_ran(f"{IDS}.2", timeout=ROLLBACK_COUNTDOWN + 300)
     print("executions after the rollback:", report)
     assert report["missing"] == 0, f"{report['missing']} tasks never ran, e.g. {report['missing_sample']}"
 
@@ -258,5 +194,5 @@ def test_a_later_deploy_on_redis_keeps_the_rabbitmq_host_until_told_to_remove_it
 
     removed = playbook("-e", "local_rabbitmq_hosts=0", "playbooks/local-hosts.yml")
     assert removed.returncode == 0
-    left = containers_named(container("rabbitmq"))
+    left = KIT.containers("rabbitmq")
     assert left == [], f"RABBITMQ_HOSTS=0 left {left}"

@@ -1,0 +1,132 @@
+"""Helpers of the molecule scenarios that drive a local deployment from outside.
+
+The migration and chaos scenarios run on the controller and reach their
+hosts (containers named ck-<deployment>-<group>-<n>) with docker exec, and run
+the kit's playbooks against them exactly as make does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
+LOAD = "/root/load.py"
+# The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+if not Path(ANSIBLE_PLAYBOOK).exists():
+    ANSIBLE_PLAYBOOK = shutil.which("ansible-playbook") or "ansible-playbook"
+
+
+def deployment(default: str) -> str:
+    """The deployment under test (molecule sets KIT_LOCAL_DEPLOYMENT)."""
+    return os.environ.get("KIT_LOCAL_DEPLOYMENT", default)
+
+
+class Deployment:
+    """A local deployment: its containers, its playbooks, its load."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = ROOT / ".state" / name
+
+    def container(self, group: str, index: int = 1) -> str:
+        return f"ck-{self.name}-{group}-{index}"
+
+    def containers(self, group: str) -> list[str]:
+        """This deployment's containers of a group, running or not."""
+        return sorted(
+            subprocess.run(
+                ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name=ck-{self.name}-{group}-"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        )
+
+    def playbook(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        """Run a playbook against this deployment, as make would; print its tail."""
+        command = [ANSIBLE_PLAYBOOK, "-i", "inventories/local", "-e", "local_publish_ports=false", *args]
+        env = dict(os.environ, KIT_LOCAL_DEPLOYMENT=self.name, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+        started = time.monotonic()
+        result = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        print(f"$ {' '.join(args)}  (exit {result.returncode}, {time.monotonic() - started:.0f}s)")
+        print("\n".join(result.stdout.splitlines()[-60:]))
+        return result
+
+    def load(self, *args: str) -> dict:
+        """tests/load.py on the api host (copied there first)."""
+        api = self.container("api")
+        subprocess.run(["docker", "cp", str(ROOT / "tests/load.py"), f"{api}:{LOAD}"], check=True)
+        return json.loads(sh(api, f"{APP} {LOAD} {' '.join(args)}").strip().splitlines()[-1])
+
+    def start_steady_load(self, ids: str, stop: str, output: str, rate: float, bodies: list[dict]) -> None:
+        """Post bodies, in turn, rate times a second through the API until the file stop exists."""
+        api = self.container("api")
+        subprocess.run(["docker", "cp", str(ROOT / "tests/load.py"), f"{api}:{LOAD}"], check=True)
+        put_file(api, f"{ids}.bodies", json.dumps(bodies))
+        command = f"{APP} {LOAD} steady {ids} {stop} {rate} @{ids}.bodies > {output}"
+        sh(api, f"rm -f {stop} {output}; nohup sh -c '{command}' >/dev/null 2>&1 &")
+
+    def stop_steady_load(self, stop: str, output: str) -> dict:
+        api = self.container("api")
+        sh(api, f"touch {stop}")
+        deadline = time.monotonic() + 60
+        while not sh(api, f"cat {output} 2>/dev/null || true").strip():
+            assert time.monotonic() < deadline, "the load generator did not stop"
+            time.sleep(0.5)
+        return json.loads(sh(api, f"cat {output}"))
+
+    def wait_until_all_ran(self, ids: str, timeout: float) -> dict:
+        """Every id in the file ran (its finished mark is in Redis db 2), or the report at timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.load("check", ids)
+            if report["missing"] == 0 or time.monotonic() > deadline:
+                return report
+            time.sleep(5)
+
+    def welcome_emails_sent(self) -> Counter:
+        """Task ids in the mail sinks of every worker host, with how often each wrote one."""
+        names = self.containers("workers")
+        assert names, "no worker host found"
+        lines = "".join(sh(name, "cat /var/lib/taskapp/mail-sink.log 2>/dev/null || true") for name in names)
+        return Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
+
+    def rabbitmq_messages(self, node: int = 1) -> dict[str, int]:
+        out = sh(
+            self.container("rabbitmq", node), "rabbitmqctl -q --formatter json list_queues -p /celery name messages"
+        )
+        return {queue["name"]: queue["messages"] for queue in json.loads(out)}
+
+
+def sh(name: str, command: str, check: bool = True, timeout: float = 600) -> str:
+    result = subprocess.run(
+        ["docker", "exec", name, "bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{name}: {command} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def put_file(name: str, path: str, text: str) -> None:
+    """Write a file into a container (docker cp: no argument-length limit)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as local:
+        local.write(text)
+        local.flush()
+        os.chmod(local.name, 0o644)
+        subprocess.run(["docker", "cp", local.name, f"{name}:{path}"], check=True)
