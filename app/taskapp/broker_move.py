@@ -952,7 +952,6 @@ class RabbitToRedis(Move):
             "found": self.reporter.found,
             "moved": self.tally.moved,
             "possible_duplicates": self.tally.possible_duplicates,
-            "delayed": self.tally.delayed,
             "skipped_duplicates": self.tally.skipped_duplicates,
             "delayed": self.tally.delayed,
             "unroutable": self.unroutable,
