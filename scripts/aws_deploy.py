@@ -4,7 +4,10 @@
 deploy: check the settings, terraform init and plan, apply after the user
 confirmed (or AUTO_APPROVE=1), wait until every instance passes its EC2
 status checks (a boto3 waiter), then run site.yml and summary.yml over SSH
-through the bastion, with the inventory plugin reading the same tags.
+through the bastion, with the inventory plugin reading the same tags. When
+the plan removes RabbitMQ nodes (a lower count, a replaced instance), they
+leave the cluster first (drained, their queue members moved, forgotten),
+one at a time, before Terraform terminates them.
 
 destroy: check the settings, show what terraform would destroy, destroy
 after confirmation, then remove the deployment's generated secrets.
@@ -199,6 +202,35 @@ def ansible_env(settings: Settings, outputs: dict) -> dict[str, str]:
     return env
 
 
+def leaving_brokers(plan: dict) -> list[str]:
+    """Inventory names (tag Name) of the RabbitMQ instances a Terraform plan removes or replaces."""
+    names = []
+    for change in plan.get("resource_changes", []):
+        before = change.get("change", {}).get("before") or {}
+        tags = before.get("tags") or {}
+        if (
+            change.get("type") == "aws_instance"
+            and "delete" in change["change"]["actions"]
+            and tags.get("Role") == "rabbitmq"
+        ):
+            names.append(tags["Name"])
+    return sorted(names)
+
+
+def let_brokers_leave(settings: Settings, env: dict[str, str], plan_file: Path) -> None:
+    """Drain and forget the RabbitMQ nodes the plan removes, while they still run."""
+    shown = subprocess.run(
+        [*TERRAFORM, "show", "-json", str(plan_file)], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    leaving = leaving_brokers(json.loads(shown.stdout))
+    if not leaving:
+        return
+    step(f"RabbitMQ: {', '.join(leaving)} leave the cluster before Terraform removes them")
+    ansible = ansible_env(settings, terraform_outputs(env))
+    extra = json.dumps({"rabbitmq_leaving": leaving})
+    run(["ansible-playbook", "-i", "inventories/aws", "-e", extra, "playbooks/rabbitmq-leave.yml"], ansible)
+
+
 def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
     env = terraform_env(settings)
     step(f"Terraform: workspace {settings.environment} in {settings.region}")
@@ -217,6 +249,8 @@ def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
         if not confirmed("Apply this plan?", auto_approve):
             print("Nothing applied.")
             return 1
+        if not provision_only:
+            let_brokers_leave(settings, env, plan_file)
         step("Terraform: apply")
         run([*TERRAFORM, "apply", "-input=false", str(plan_file)], env)
     else:

@@ -99,13 +99,50 @@ def test_environment_names_are_checked(tmp_path):
     assert "AWS_ENVIRONMENT='Prod_1'" in result.stderr
 
 
-def test_provision_only_is_an_option_of_deploy_and_exec_passes_everything_on():
+def _module():
     spec = importlib.util.spec_from_file_location("aws_deploy", SCRIPT)
     aws_deploy = importlib.util.module_from_spec(spec)
     sys.modules["aws_deploy"] = aws_deploy  # dataclasses look their module up
     spec.loader.exec_module(aws_deploy)
+    return aws_deploy
+
+
+def test_provision_only_is_an_option_of_deploy_and_exec_passes_everything_on():
+    aws_deploy = _module()
     deploy = aws_deploy.parse_arguments(["deploy", "--provision-only"])
     assert (deploy.action, deploy.provision_only) == ("deploy", True)
     command = aws_deploy.parse_arguments(["exec", "ansible-playbook", "-i", "inventories/aws", "--provision-only"])
     assert command.action == "exec"
     assert command.command == ["ansible-playbook", "-i", "inventories/aws", "--provision-only"]
+
+
+def _instance(key: str, role: str, actions: list[str]) -> dict:
+    name = f"celery-kit-dev-{key}"
+    return {
+        "address": f'aws_instance.host["{key}"]',
+        "type": "aws_instance",
+        "change": {
+            "actions": actions,
+            "before": {"tags": {"Name": name, "Role": role}} if actions != ["create"] else None,
+        },
+    }
+
+
+def test_the_rabbitmq_nodes_a_plan_removes_or_replaces_leave_the_cluster_first():
+    # 5 -> 3 nodes removes rabbitmq-4 and -5; a replaced node leaves too; a
+    # removed worker or a new node is none of its business.
+    plan = {
+        "resource_changes": [
+            _instance("rabbitmq-1", "rabbitmq", ["no-op"]),
+            _instance("rabbitmq-2", "rabbitmq", ["delete", "create"]),
+            _instance("rabbitmq-4", "rabbitmq", ["delete"]),
+            _instance("rabbitmq-5", "rabbitmq", ["delete"]),
+            _instance("rabbitmq-6", "rabbitmq", ["create"]),
+            _instance("workers-3", "workers", ["delete"]),
+        ]
+    }
+    assert _module().leaving_brokers(plan) == [
+        "celery-kit-dev-rabbitmq-2",
+        "celery-kit-dev-rabbitmq-4",
+        "celery-kit-dev-rabbitmq-5",
+    ]
