@@ -126,3 +126,22 @@ def test_urgent_tasks_overtake_a_backlog_on_the_priority_queue(api_host, group_h
     half_of_backlog = order.index(normal_done[39])
     print(f"the last urgent task finished {last_urgent + 1}th of {len(order)}")
     assert last_urgent < half_of_backlog
+
+
+def test_the_health_check_does_not_wait_behind_a_backlog(api_host, group_hosts):
+    # What make deploy ends with, during a busy hour: 400 half-second tasks
+    # wait on the default queue (25 s for 8 worker slots), and the health
+    # task still comes back within seconds, because it has a queue of its own.
+    load = Load(api_host, "backlog")
+    load.submit([{"task": "process_task", "args": [{"seconds": 0.5}]}] * 400)
+    started = time.monotonic()
+    task_id = submit(api_host, {"task": "health"})
+    reply = wait_for_result(api_host, task_id, timeout=60)
+    seconds = time.monotonic() - started
+    unfinished = load.run("order", load.ids)["unfinished"]
+    print(f"health check done in {seconds:.1f} s with {unfinished} of 400 backlog tasks still to run")
+    assert reply["state"] == "SUCCESS"
+    assert reply["result"]["worker"]
+    assert seconds < 10
+    assert unfinished > 100, "the backlog was gone before the health check came back"
+    assert load.wait_until_all_ran(timeout=180)["missing"] == 0
