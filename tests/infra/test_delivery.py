@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from conftest import (
     APP_PYTHON,
-    APP_QUEUES,
     CELERY,
     Load,
     api_call,
