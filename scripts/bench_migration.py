@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = "bench"
 APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
-LOAD = ROOT / "tests" / "migration" / "load.py"
+LOAD = ROOT / "tests" / "load.py"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]
 

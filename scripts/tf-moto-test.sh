@@ -177,40 +177,34 @@ in_workspace ci apply -auto-approve -input=false -no-color "${ci_vars[@]}" >"$wo
 }
 grep -E '^Apply complete' "$work/apply-ci.log"
 
+# A plan of workspace ci that must change nothing: expect_empty_plan LOG
+# WHY-IT-WOULD-CHANGE [plan arguments...]
+expect_empty_plan() {
+  local log="$1" why="$2"
+  shift 2
+  set +e
+  in_workspace ci plan -detailed-exitcode -input=false -no-color "${ci_vars[@]}" "$@" >"$log" 2>&1
+  local plan_rc=$?
+  set -e
+  case $plan_rc in
+    0) grep -E '^No changes' "$log" ;;
+    2)
+      grep -E '^  # |^Plan:' "$log" >&2 || true
+      fail "$why"
+      ;;
+    *)
+      cat "$log" >&2
+      fail "terraform plan (ci $*)"
+      ;;
+  esac
+}
+
 step "terraform plan after apply must be empty"
-set +e
-in_workspace ci plan -detailed-exitcode -input=false -no-color "${ci_vars[@]}" >"$work/plan-ci.log" 2>&1
-plan_rc=$?
-set -e
-case $plan_rc in
-  0) grep -E '^No changes' "$work/plan-ci.log" ;;
-  2)
-    grep -E '^  # |^Plan:' "$work/plan-ci.log" >&2 || true
-    fail "the second plan wants changes (drift between terraform/ and what the API returns)"
-    ;;
-  *)
-    cat "$work/plan-ci.log" >&2
-    fail "terraform plan (ci)"
-    ;;
-esac
+expect_empty_plan "$work/plan-ci.log" "the second plan wants changes (drift between terraform/ and what the API returns)"
 terraform_ output -json >"$work/outputs-ci.json"
 
 step "a newer image replaces no instance (lifecycle ignore_changes)"
-set +e
-in_workspace ci plan -detailed-exitcode -input=false -no-color "${ci_vars[@]}" -var "ami_id=$newer_ami" >"$work/plan-ci-ami.log" 2>&1
-plan_rc=$?
-set -e
-case $plan_rc in
-  0) grep -E '^No changes' "$work/plan-ci-ami.log" ;;
-  2)
-    grep -E '^  # |^Plan:' "$work/plan-ci-ami.log" >&2 || true
-    fail "ami_id=$newer_ami (instead of $ami) wants to change instances"
-    ;;
-  *)
-    cat "$work/plan-ci-ami.log" >&2
-    fail "terraform plan (ci, ami_id=$newer_ami)"
-    ;;
-esac
+expect_empty_plan "$work/plan-ci-ami.log" "ami_id=$newer_ami (instead of $ami) wants to change instances" -var "ami_id=$newer_ami"
 
 step "2 rabbitmq nodes are refused, with the reason"
 if in_workspace ci plan -refresh=false -input=false -no-color "${ci_vars[@]}" -var 'hosts={rabbitmq={count=2}}' >"$work/plan-two.log" 2>&1; then

@@ -1,12 +1,9 @@
 """Bad input stops a role or playbook before anything changes, naming the variable."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from ansible_run import run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {
@@ -19,18 +16,8 @@ GOOD = {
 }
 
 
-def _run(playbook: str, extra_vars: dict) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "--check", playbook, "--extra-vars", json.dumps(extra_vars)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def _run(playbook: str, extra_vars: dict):
+    return run_playbook(playbook, extra_vars, "--check")
 
 
 @pytest.mark.parametrize(

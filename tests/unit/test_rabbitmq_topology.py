@@ -5,14 +5,12 @@ different argument would make RabbitMQ refuse their declaration)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from ansible_run import run_playbook
 from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
     declare_native_delayed_delivery_exchanges_and_queues,
@@ -63,25 +61,8 @@ class RecordingConnection:
 @pytest.fixture(scope="module")
 def role(tmp_path_factory) -> dict[str, Any]:
     rendered = tmp_path_factory.mktemp("role") / "rendered.json"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     extra = {"rendered_file": str(rendered), "rabbitmq_queues": KIT_QUEUES}
-    result = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            "localhost,",
-            "tests/unit/playbooks/render-rabbitmq-vars.yml",
-            "-e",
-            json.dumps(extra),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_playbook("tests/unit/playbooks/render-rabbitmq-vars.yml", extra)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(rendered.read_text())
 
