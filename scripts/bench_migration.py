@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark of make migrate. Reports figures; it does not judge them.
 
-    .venv/bin/python scripts/bench_migration.py [--messages 100000] [--keep]
+    .venv/bin/python scripts/bench_migration.py [--messages 100000]
+        [--rabbitmq-hosts 3] [--keep]
 
 It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
-172.30.15.0/24, no published ports) on the Redis broker with a RabbitMQ host
-(as make migrate adds one), then measures in three runs of the playbooks:
+172.30.15.0/24, no published ports) on the Redis broker with RabbitMQ hosts
+(as make migrate RABBITMQ_HOSTS=3 adds them), then measures in three runs of
+the playbooks:
 
 1. the move: the workers are stopped, a backlog of --messages tasks is
    queued in Redis, and playbooks/migrate-broker.yml moves it (step 3 starts
@@ -16,7 +18,8 @@ It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
 3. the switch under load: the workers run, a submitter posts to the API 20
    times a second, a monitor counts twice a second the worker processes
    running on every worker host, and the migration runs again: producer
-   errors, and seconds with no worker process running.
+   errors, seconds with no worker process running, and how many accepted
+   tasks have not run two minutes after the playbook ends.
 
 Prints the figures as JSON, then removes the deployment (unless --keep).
 """
@@ -141,10 +144,13 @@ def report(output: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rabbitmq-hosts", type=int, default=3, help="RabbitMQ cluster size (1, or 3 and more)")
     parser.add_argument("--keep", action="store_true", help="keep the deployment afterwards")
     args = parser.parse_args()
 
-    playbook("-e", "celery_broker=redis", "-e", "local_rabbitmq_hosts=1", "playbooks/local-hosts.yml")
+    playbook(
+        "-e", "celery_broker=redis", "-e", f"local_rabbitmq_hosts={args.rabbitmq_hosts}", "playbooks/local-hosts.yml"
+    )
     playbook("-e", "celery_broker=redis", "playbooks/site.yml")
     workers = [container("workers", 1), container("workers", 2)]
     subprocess.run(["docker", "cp", str(LOAD), f"{container('api')}:/root/load.py"], check=True)
@@ -171,6 +177,12 @@ def main() -> int:
     monitor.stop.set()
     monitor.join()
     submitter = json.loads(sh(container("api"), "cat /root/steady.json"))
+    check = f"{APP} /root/load.py check /root/steady-ids"
+    for _ in range(24):
+        outcome = json.loads(sh(container("api"), check))
+        if outcome["missing"] == 0:
+            break
+        time.sleep(5)
 
     figures = {
         "backlog_queued": args.messages,
@@ -182,6 +194,9 @@ def main() -> int:
             "worker_samples": len(monitor.samples),
             "submissions_accepted": submitter["accepted"],
             "producer_errors": submitter["failures"],
+            "accepted_not_run_after_wait": outcome["missing"],
+            "duplicate_executions_skipped": outcome["duplicate_executions_skipped"],
+            "result_states": outcome["states"],
         },
     }
     print(json.dumps(figures, indent=2))
