@@ -123,12 +123,12 @@ terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, 
 
 molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotence, verify with fault tests) and migration (Redis -> RabbitMQ cluster and back)
 	scripts/ensure-docker.sh
-	molecule test --scenario-name default
-	molecule test --scenario-name migration
+	scripts/timed.sh "molecule default" molecule test --scenario-name default
+	scripts/timed.sh "molecule migration" molecule test --scenario-name migration
 
 chaos: venv ## Heavy fault scenarios, not in make test: the RabbitMQ cluster grows 1 -> 3 -> 5 and shrinks to 3 under load, counted
 	scripts/ensure-docker.sh
-	molecule test --scenario-name chaos
+	scripts/timed.sh "molecule chaos" molecule test --scenario-name chaos
 
 clean: ## Remove .venv and caches (not the deployments)
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
