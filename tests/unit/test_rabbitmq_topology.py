@@ -5,6 +5,7 @@ different argument would make RabbitMQ refuse their declaration)."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,12 @@ def test_dead_lettering_is_at_least_once_and_never_touches_the_health_or_delay_q
     assert role["dead_letter_policy"]["dead-letter-strategy"] == "at-least-once"
     assert role["dead_letter_policy"]["overflow"] == "reject-publish"
     assert role["dead_letter_pattern"] == "^(default|emails|priority)$"
+
+
+def test_a_leaving_node_names_the_seed_from_the_seeds_facts_alone(tmp_path):
+    # A node leaving a 5-node cluster once failed here: naming the seed read
+    # the facts of every staying node, and only the seed's had been gathered.
+    rendered = tmp_path / "seed"
+    result = run_playbook("tests/unit/playbooks/render-rabbitmq-seed.yml", {"rendered_file": str(rendered)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rendered.read_text() == f"rabbit@{socket.gethostname().split('.')[0]}"
