@@ -37,6 +37,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from scenarios import Deployment  # noqa: E402 (tests/ is put on the path first)
+
 DEPLOYMENT = "bench"
 APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
 LOAD = ROOT / "tests" / "load.py"
@@ -177,12 +180,7 @@ def main() -> int:
     monitor.stop.set()
     monitor.join()
     submitter = json.loads(sh(container("api"), "cat /root/steady.json"))
-    check = f"{APP} /root/load.py check /root/steady-ids"
-    for _ in range(24):
-        outcome = json.loads(sh(container("api"), check))
-        if outcome["missing"] == 0:
-            break
-        time.sleep(5)
+    outcome = Deployment(DEPLOYMENT).wait_until_all_ran("/root/steady-ids", timeout=120)
 
     figures = {
         "backlog_queued": args.messages,
