@@ -21,6 +21,9 @@ KEY_NAME ?=
 AUTO_APPROVE ?=
 # make migrate / rollback-broker: DRY_RUN=1 prints the plan only.
 DRY_RUN ?=
+# The app to deploy: a directory holding celery-kit.yml, or such a file
+# (README, "Deploy your own app"); empty: the sample app.
+APP ?=
 export AUTO_APPROVE
 $(if $(AWS_ENVIRONMENT),$(eval export TF_VAR_environment := $(AWS_ENVIRONMENT)))
 $(if $(PROJECT),$(eval export TF_VAR_project := $(PROJECT)))
@@ -42,11 +45,13 @@ EXTRA_VARS := $(strip \
   $(if $(API_HOSTS),-e local_api_hosts=$(API_HOSTS)) \
   $(if $(WORKER_PROCESSES),-e kit_worker_processes=$(WORKER_PROCESSES)) \
   $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)) \
-  $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)))
+  $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)) \
+  $(if $(APP),-e @$(APP_FILE) -e kit_app_dir=$(dir $(APP_FILE))))
+APP_FILE = $(abspath $(if $(filter %.yml %.yaml,$(APP)),$(APP),$(APP)/celery-kit.yml))
 PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 # On AWS, commands that reach the hosts run with the region, tags and
 # bastion address the aws inventory reads (from Terraform's outputs).
-ON_HOSTS := $(if $(filter aws,$(ENV)),python scripts/aws_deploy.py exec)
+ON_HOSTS := $(if $(filter aws,$(ENV)),celery-kit aws exec)
 STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
 
 .PHONY: help venv deploy verify status migrate rollback-broker destroy test lint unit terraform molecule chaos clean check-env
@@ -57,7 +62,7 @@ help: ## List the targets
 
 venv: $(VENV)/.installed ## Create .venv with the pinned tools
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt kit/pyproject.toml
 	scripts/make-venv.sh "$(PYTHON)" "$(VENV)"
 
 check-env:
@@ -65,7 +70,7 @@ check-env:
 
 deploy: check-env venv ## Create the hosts and deploy the platform (idempotent)
 ifeq ($(ENV),aws)
-	python scripts/aws_deploy.py deploy
+	celery-kit aws deploy
 else
 	scripts/ensure-docker.sh
 	$(PLAYBOOK) playbooks/local-hosts.yml
@@ -78,7 +83,7 @@ verify: check-env venv ## Run the testinfra suite against the deployed hosts
 
 status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Redis persistence
 	$(ON_HOSTS) $(PLAYBOOK) -e status_report_file=$(STATUS_FILE) playbooks/status.yml
-	python scripts/status.py $(STATUS_FILE)
+	celery-kit status $(STATUS_FILE)
 
 MIGRATE := $(ON_HOSTS) $(PLAYBOOK) $(if $(filter 1 yes true,$(DRY_RUN)),-e migration_dry_run=true) playbooks/migrate-broker.yml
 
@@ -93,7 +98,7 @@ rollback-broker: check-env venv ## Move the deployment back from RabbitMQ to the
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)
-	python scripts/aws_deploy.py destroy
+	celery-kit aws destroy
 else
 	$(PLAYBOOK) playbooks/local-hosts-destroy.yml
 endif
@@ -111,7 +116,7 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 	ruff format --check .
 
 unit: venv ## Unit tests (no server needed)
-	python -m pytest -p no:cacheprovider tests/unit
+	python -m pytest -p no:cacheprovider tests/unit examples
 
 terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, apply/plan/destroy against moto
 	scripts/terraform.sh fmt -check -recursive

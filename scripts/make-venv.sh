@@ -20,5 +20,7 @@ fi
 
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --requirement requirements.txt --constraint constraints.txt
+# The kit's own package (celery-kit), from this checkout.
+"$venv/bin/python" -m pip install --quiet --no-deps --editable kit
 touch "$venv/.installed"
 echo "$venv is ready"

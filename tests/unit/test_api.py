@@ -3,14 +3,14 @@
 import time
 
 import pytest
-from taskapp import config as config_module
+from sample import deployment_settings, kit_app
+
 from taskapp.api import create_api, validate_submission
-from taskapp.app import create_app
 
 
 @pytest.fixture
 def client():
-    return create_api(create_app(dict(config_module.DEFAULTS))).test_client()
+    return create_api(kit_app()).test_client()
 
 
 def test_valid_submission_is_accepted_with_an_id(client):
@@ -84,8 +84,8 @@ def test_health_answers(client):
     [("rabbitmq", "amqp://user:secret@127.0.0.1:1//"), ("redis", "redis://:secret@127.0.0.1:1/0")],
 )
 def test_unreachable_broker_gets_503_within_seconds(broker, broker_url):
-    config = dict(config_module.DEFAULTS, broker=broker, broker_url=broker_url, result_backend="redis://127.0.0.1:1/1")
-    client = create_api(create_app(config)).test_client()
+    config = deployment_settings(broker=broker, broker_url=broker_url, result_backend="redis://127.0.0.1:1/1")
+    client = create_api(kit_app(config)).test_client()
     started = time.monotonic()
     reply = client.post("/tasks", json={"task": "add", "args": [1, 2]})
     assert reply.status_code == 503
@@ -95,8 +95,8 @@ def test_unreachable_broker_gets_503_within_seconds(broker, broker_url):
 
 
 def test_unreachable_result_store_gets_503():
-    config = dict(config_module.DEFAULTS, result_backend="redis://127.0.0.1:1/1")
-    client = create_api(create_app(config)).test_client()
+    config = deployment_settings(result_backend="redis://127.0.0.1:1/1")
+    client = create_api(kit_app(config)).test_client()
     reply = client.get("/tasks/0b6b1d6e-3f6e-4d43-9a3c-2f1f0b8f3c11")
     assert reply.status_code == 503
 
@@ -104,13 +104,13 @@ def test_unreachable_result_store_gets_503():
 @pytest.mark.parametrize(("countdown", "sent"), [(0, 0), (0.4, 1), (2.5, 3), (60, 60)])
 def test_a_countdown_is_sent_in_whole_seconds_rounded_up(countdown, sent):
     # RabbitMQ's delayed delivery counts whole seconds: 0.4 s must still delay.
-    app = create_app(dict(config_module.DEFAULTS))
+    app = kit_app()
     body = {"task": "add", "args": [1, 2], "countdown": countdown}
     assert validate_submission(app, body, ["default"], 3600)["options"]["countdown"] == sent
 
 
 def test_the_health_check_task_is_accepted_and_routed_to_its_own_queue(client):
-    reply = client.post("/tasks", json={"task": "health"})
+    reply = client.post("/tasks", json={"task": "celery_kit.health"})
     assert reply.status_code == 202
-    app = create_app(dict(config_module.DEFAULTS))
-    assert app.conf.task_routes["health"] == {"queue": "health"}
+    app = kit_app()
+    assert app.amqp.router.route({}, "celery_kit.health")["queue"].name == "health"

@@ -1,22 +1,27 @@
-"""The hosts install app/requirements.txt with --no-index: it must hold the
-whole dependency tree of the app, for the hosts' Python (Debian 13: 3.13.5)."""
+"""The wheelhouse pins what the hosts install (with --no-index) from the kit's
+and the sample's requirements files: each must hold the whole dependency
+tree of what it installs, for the hosts' Python (Debian 13: 3.13.5)."""
 
 from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-# What the app imports, with the extras it relies on.
-ROOTS = [Requirement("celery[redis]"), Requirement("flask"), Requirement("gunicorn")]
+# What each imports, with the extras it relies on.
+REQUIREMENTS = {
+    "kit/requirements.txt": [Requirement("celery[redis]"), Requirement("gunicorn")],
+    "examples/taskapp/requirements.txt": [Requirement("celery[redis]"), Requirement("flask")],
+}
 HOST_PYTHON = {"python_version": "3.13", "python_full_version": "3.13.5", "sys_platform": "linux"}
 
 
-def _pins() -> dict[str, str]:
+def _pins(path: str) -> dict[str, str]:
     pins = {}
-    for raw in (ROOT / "app/requirements.txt").read_text().splitlines():
+    for raw in (ROOT / path).read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             requirement = Requirement(line)
@@ -31,10 +36,11 @@ def _applies(requirement: Requirement, extras: set[str]) -> bool:
     return any(requirement.marker.evaluate(dict(environment, extra=extra)) for extra in extras | {""})
 
 
-def test_every_dependency_of_the_app_is_pinned():
-    pins = _pins()
+@pytest.mark.parametrize("path", sorted(REQUIREMENTS))
+def test_every_dependency_is_pinned(path):
+    pins = _pins(path)
     missing, seen = [], set()
-    todo = [(requirement, set()) for requirement in ROOTS]
+    todo = [(requirement, set()) for requirement in REQUIREMENTS[path]]
     while todo:
         requirement, parent_extras = todo.pop()
         name = canonicalize_name(requirement.name)
@@ -55,4 +61,4 @@ def test_every_dependency_of_the_app_is_pinned():
             continue
         assert installed == pins[name], f"controller has {name} {installed}, the hosts get {pins[name]}"
         todo += [(Requirement(line), set(requirement.extras)) for line in requires(name) or []]
-    assert not missing, f"app/requirements.txt lacks: {sorted(set(missing))}"
+    assert not missing, f"{path} lacks: {sorted(set(missing))}"

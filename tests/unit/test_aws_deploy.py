@@ -6,7 +6,6 @@ credentials file, no instance metadata lookup, no terraform.tfvars.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "aws_deploy.py"
 
 
 def run(action: str, tmp_path: Path, **settings: str) -> subprocess.CompletedProcess:
@@ -28,7 +26,7 @@ def run(action: str, tmp_path: Path, **settings: str) -> subprocess.CompletedPro
         **settings,
     }
     return subprocess.run(
-        [sys.executable, str(SCRIPT), action],
+        [sys.executable, "-m", "celery_kit.cli", "aws", action],
         env=env,
         capture_output=True,
         text=True,
@@ -100,11 +98,9 @@ def test_environment_names_are_checked(tmp_path):
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("aws_deploy", SCRIPT)
-    aws_deploy = importlib.util.module_from_spec(spec)
-    sys.modules["aws_deploy"] = aws_deploy  # dataclasses look their module up
-    spec.loader.exec_module(aws_deploy)
-    return aws_deploy
+    from celery_kit import aws  # noqa: PLC0415
+
+    return aws
 
 
 def test_provision_only_is_an_option_of_deploy_and_exec_passes_everything_on():

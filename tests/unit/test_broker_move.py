@@ -26,10 +26,12 @@ import pytest
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.transport.native_delayed_delivery import calculate_routing_key
-from taskapp import broker_move as bm
-from taskapp.app import broker_priority
+
+from celery_kit import mover as bm
+from celery_kit.topology import broker_priority
 
 FIXTURES = Path(__file__).parent / "fixtures" / "broker_move"
+MOVE = [sys.executable, "-m", "celery_kit.cli", "move"]
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = (bm.QueueSpec("default"), bm.QueueSpec("emails"), bm.QueueSpec("priority"))
 SETTINGS = bm.Settings("redis://:pw@redis:6379/0", "amqp://celery:pw@rabbitmq:5672/%2Fcelery", QUEUES, "dead-letter")
@@ -269,7 +271,7 @@ def test_module_runs_as_a_command_and_reports_errors_as_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "app"))
     missing = str(tmp_path / "missing.json")
     run = subprocess.run(
-        [sys.executable, "-m", "taskapp.broker_move", "plan", "--config", missing, "--direction", "redis-to-rabbitmq"],
+        [*MOVE, "plan", "--config", missing, "--direction", "redis-to-rabbitmq"],
         capture_output=True,
         text=True,
         env=env,
@@ -279,9 +281,9 @@ def test_module_runs_as_a_command_and_reports_errors_as_json(tmp_path):
     assert run.returncode == 2
     line = json.loads(run.stdout)
     assert line["event"] == "error" and "cannot read configuration" in line["message"]
-    assert "broker_move: error:" in run.stderr
+    assert "celery-kit move: error:" in run.stderr
     usage = subprocess.run(
-        [sys.executable, "-m", "taskapp.broker_move", "move", "--help"],
+        [*MOVE, "move", "--help"],
         capture_output=True,
         text=True,
         env=env,
@@ -891,7 +893,7 @@ def test_errors_are_one_json_line_and_exit_2(brokers, capsys):
         "direction": "redis-to-rabbitmq",
     }
     assert lines[0]["message"] == (
-        "another mover holds taskapp:migration:lock (elsewhere:1:x); if it is gone, the lock expires in 42 s"
+        "another mover holds celery-kit:migration:lock (elsewhere:1:x); if it is gone, the lock expires in 42 s"
     )
 
 

@@ -16,8 +16,8 @@ from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
     declare_native_delayed_delivery_exchanges_and_queues,
 )
-from taskapp import config as config_module
-from taskapp.app import build_queues
+
+from celery_kit.topology import build_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT_QUEUES = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())["kit_queues"]
@@ -72,8 +72,7 @@ def role(tmp_path_factory) -> dict[str, Any]:
 def kombu() -> RecordingChannel:
     connection = RecordingConnection()
     declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
-    config = dict(config_module.DEFAULTS, queues=KIT_QUEUES)
-    for queue in build_queues(config):
+    for queue in build_queues(KIT_QUEUES):
         bind_queue_to_native_delayed_delivery_exchange(connection, queue)
     return connection.recorder
 

@@ -1,12 +1,8 @@
 """make status: the table it prints and its exit status."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
-import status
+from celery_kit import status
 
 NODES = ["rabbit@r1", "rabbit@r2", "rabbit@r3"]
 

@@ -1,6 +1,6 @@
 """A Redis restart or outage around a task is not the task's failure.
 
-The at-most-once guard (taskapp.tasks.IdempotentTask) talks to Redis before
+The at-most-once guard (celery_kit.guard.AtMostOnceTask) talks to Redis before
 and after the task runs. Here Redis is a stand-in that refuses connections
 (or answers LOADING, as a restarted Redis does while it reads its data) for a
 while: the task must wait and run once, or, if Redis stays away too long,
@@ -14,10 +14,10 @@ import threading
 import pytest
 import redis
 from celery.exceptions import Reject
-from taskapp import config as config_module
-from taskapp import tasks
+from sample import deployment_settings, kit_app
+
+from celery_kit import guard
 from taskapp.api import create_api
-from taskapp.app import create_app
 
 
 class FlakyRedis:
@@ -64,9 +64,9 @@ class FlakyRedis:
 
 @pytest.fixture
 def add(monkeypatch):
-    monkeypatch.setattr(tasks, "REDIS_RETRY_MAX_SECONDS", 0.01)
-    monkeypatch.setattr(tasks, "REDIS_RETRY_FIRST_SECONDS", 0.001)
-    app = create_app(dict(config_module.DEFAULTS))
+    monkeypatch.setattr(guard, "REDIS_RETRY_MAX_SECONDS", 0.01)
+    monkeypatch.setattr(guard, "REDIS_RETRY_FIRST_SECONDS", 0.001)
+    app = kit_app()
     return app.tasks["add"]
 
 
@@ -84,8 +84,8 @@ def test_the_task_waits_for_redis_and_runs_once(add, error):
     result = add.apply(args=(2, 3), task_id="outage-1")
     assert result.state == "SUCCESS"
     assert result.result == 5
-    assert flaky.data["taskapp:done:outage-1"] == "5"
-    assert "taskapp:running:outage-1" not in flaky.data, "the lease is released"
+    assert flaky.data["celery-kit:done:outage-1"] == "5"
+    assert "celery-kit:running:outage-1" not in flaky.data, "the lease is released"
 
 
 def test_a_redis_gone_longer_than_the_patience_sends_the_task_back_to_its_queue(add, monkeypatch):
@@ -103,15 +103,15 @@ def test_a_redis_gone_longer_than_the_patience_sends_the_task_back_to_its_queue(
 
 def test_a_finished_id_is_skipped_even_when_redis_answers_late(add):
     flaky = FlakyRedis(failures=3, error=redis.exceptions.BusyLoadingError("loading"))
-    flaky.data["taskapp:done:outage-2"] = "5"
+    flaky.data["celery-kit:done:outage-2"] = "5"
     add.__dict__["locks"] = flaky
     result = add.apply(args=(2, 3), task_id="outage-2")
     assert result.result == 5
-    assert flaky.hashes["taskapp:duplicates"]["outage-2"] == 1
+    assert flaky.hashes["celery-kit:duplicates"]["outage-2"] == 1
 
 
 def test_the_api_answers_at_once_instead_of_waiting_for_redis():
-    app = create_app(dict(config_module.DEFAULTS))
+    app = kit_app()
     create_api(app)
     assert app.conf.result_backend_always_retry is False
 
@@ -119,7 +119,7 @@ def test_the_api_answers_at_once_instead_of_waiting_for_redis():
 def test_the_api_never_subscribes_to_results_in_any_thread():
     # Celery keeps one result backend per thread; gunicorn serves requests
     # from threads. A subscription would tie every submission to Redis.
-    app = create_app(dict(config_module.DEFAULTS, result_backend="redis://127.0.0.1:1/1"))
+    app = kit_app(deployment_settings(result_backend="redis://127.0.0.1:1/1"))
     create_api(app)
     seen = []
     thread = threading.Thread(target=lambda: seen.append(app.backend.on_task_call(None, "some-id")))

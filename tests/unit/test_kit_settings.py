@@ -5,14 +5,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from taskapp import config as config_module
-from taskapp.app import broker_priority, broker_urls, build_queues, build_settings, create_app, longest_hold_seconds
+from sample import deployment_settings, kit_app
+
+from celery_kit import deployment
+from celery_kit.deployment import broker_urls
+from celery_kit.settings import longest_hold_seconds
+from celery_kit.topology import broker_priority, build_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(**overrides):
-    return dict(config_module.DEFAULTS, **overrides)
+    return deployment_settings(**overrides)
+
+
+def build_settings(config):
+    """The settings a worker of the sample runs with, on this deployment."""
+    return kit_app(config).conf
 
 
 def test_delivery_safety_settings_are_on():
@@ -31,8 +40,8 @@ def _kit():
 
 
 def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
-    queues = {queue.name: queue for queue in build_queues(_config(queues=_kit()["kit_queues"]))}
-    assert set(queues) == {"health", "default", "emails", "priority"}
+    queues = {queue.name: queue for queue in build_queues(_kit()["kit_queues"])}
+    assert set(queues) == {"default", "emails", "priority"}
     for queue in queues.values():
         assert queue.durable is True
         assert queue.exchange.name == "tasks"
@@ -45,7 +54,7 @@ def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
 def test_exchanges_are_topic_exchanges_as_native_delayed_delivery_needs():
     # Celery only delays in the broker through topic (or fanout) exchanges;
     # with a direct one a countdown task would wait in a worker's memory.
-    for queue in build_queues(_config(queues=_kit()["kit_queues"])):
+    for queue in build_queues(_kit()["kit_queues"]):
         assert queue.exchange.type == "topic"
     settings = build_settings(_config())
     assert settings["task_default_exchange_type"] == "topic"
@@ -53,19 +62,19 @@ def test_exchanges_are_topic_exchanges_as_native_delayed_delivery_needs():
 
 def test_a_queue_without_a_type_is_a_quorum_queue_as_in_the_role():
     role_defaults = yaml.safe_load((ROOT / "roles/rabbitmq/defaults/main.yml").read_text())
-    (queue,) = build_queues(_config(queues=[{"name": "reports"}]))
+    (queue,) = build_queues([{"name": "reports"}])
     assert role_defaults["rabbitmq_queue_type"] == "quorum"
     assert queue.queue_arguments == {"x-queue-type": "quorum"}
 
 
 def test_a_classic_priority_queue_keeps_its_priorities():
-    (queue,) = build_queues(_config(queues=[{"name": "reports", "type": "classic", "max_priority": 10}]))
+    (queue,) = build_queues([{"name": "reports", "type": "classic", "max_priority": 10}])
     assert queue.queue_arguments == {"x-max-priority": 10}
 
 
 def test_a_quorum_queue_with_max_priority_is_refused():
-    with pytest.raises(config_module.ConfigError, match="max_priority applies to classic queues"):
-        config_module.validate(_config(queues=[{"name": "p", "max_priority": 10}], default_queue="p"))
+    with pytest.raises(deployment.DeploymentError, match="max_priority applies to classic queues"):
+        deployment.validate(_config(queues=[{"name": "p", "max_priority": 10}], default_queue="p"))
 
 
 def test_quorum_queues_switch_on_per_consumer_prefetch_and_quorum_delay_queues():
@@ -78,7 +87,7 @@ def test_a_countdown_task_is_published_to_the_broker_delay_exchange():
     # Celery routes a countdown through kombu's delay levels: the exchange
     # celery_delayed_27 and a routing key carrying the delay's 28 bits, then
     # the queue's key.
-    app = create_app(_config(broker_url="amqp://user:secret@127.0.0.1:1/%2Fcelery"))
+    app = kit_app(_config(broker_url="amqp://user:secret@127.0.0.1:1/%2Fcelery"))
     sent = {}
 
     def capture(producer, name, message, **options):
@@ -118,11 +127,12 @@ def test_rabbitmq_consumer_timeout_follows_the_time_limit_not_the_countdown():
     # The formula of rabbitmq_consumer_timeout_ms: a worker process reserves a
     # round of tasks per queue, each round at most the time limit.
     assert (
-        'rabbitmq_consumer_timeout_ms: "{{ (kit_queues | length + 1) * (kit_task_time_limit | int + 30) * 1000 }}"'
-        in wiring
+        'rabbitmq_consumer_timeout_ms: "{{ (kit_broker_queues | length + 1)'
+        ' * (kit_task_time_limit | int + 30) * 1000 }}"' in wiring
     )
-    timeout_seconds = (len(kit["kit_queues"]) + 1) * (kit["kit_task_time_limit"] + 30)
-    assert timeout_seconds > (len(kit["kit_queues"]) + 1) * kit["kit_task_time_limit"]
+    queues = len(kit["kit_queues"]) + 1  # the kit's health queue in front
+    timeout_seconds = (queues + 1) * (kit["kit_task_time_limit"] + 30)
+    assert timeout_seconds > (queues + 1) * kit["kit_task_time_limit"]
     assert "kit_max_countdown" not in wiring.split("rabbitmq_consumer_timeout_ms:")[1].splitlines()[0]
 
 
@@ -151,23 +161,23 @@ def test_priority_out_of_range_is_refused():
 def test_config_file_with_unknown_key_is_refused(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"brokr": "redis"}))
-    with pytest.raises(config_module.ConfigError, match="unknown keys: brokr"):
-        config_module.load(path)
+    with pytest.raises(deployment.DeploymentError, match="unknown keys: brokr"):
+        deployment.load(path)
 
 
 def test_config_file_with_foreign_default_queue_is_refused(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"default_queue": "nowhere"}))
-    with pytest.raises(config_module.ConfigError, match="default_queue"):
-        config_module.load(path)
+    with pytest.raises(deployment.DeploymentError, match="default_queue"):
+        deployment.load(path)
 
 
 def test_unreadable_config_names_the_file(tmp_path):
-    with pytest.raises(config_module.ConfigError, match=r"missing\.json"):
-        config_module.load(tmp_path / "missing.json")
+    with pytest.raises(deployment.DeploymentError, match=r"missing\.json"):
+        deployment.load(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize(("broker", "expected"), [("rabbitmq", 0), ("redis", 9)])
 def test_a_task_without_priority_is_the_least_urgent_on_either_broker(broker, expected):
-    config = dict(config_module.DEFAULTS, broker=broker)
+    config = _config(broker=broker)
     assert build_settings(config)["task_default_priority"] == expected

@@ -44,7 +44,8 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository (the kit runs these on the controller, from its checkout).
+ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = [str(ROOT / "scripts" / "terraform.sh")]
 TFVARS = ROOT / "terraform" / "terraform.tfvars"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")

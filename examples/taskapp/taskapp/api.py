@@ -24,9 +24,9 @@ from celery import Celery
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from celery_kit.settings import HEALTH_TASK
+from celery_kit.topology import PRIORITY_MAX, PRIORITY_MIN, broker_priority
 from taskapp import tasks
-from taskapp.app import PRIORITY_MAX, PRIORITY_MIN, broker_priority
-from taskapp.app import app as default_celery_app
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_NUMBER = 1e15
@@ -82,7 +82,7 @@ SUBMITTABLE: dict[str, Callable[[dict[str, Any]], None]] = {
     "send_welcome_email": _check_email,
     "process_task": _check_process,
     "poison": _check_nothing,
-    "health": _check_nothing,
+    HEALTH_TASK: _check_nothing,
 }
 
 
@@ -141,7 +141,8 @@ def create_api(celery_app: Celery) -> Flask:
     """The Flask app, publishing through the given Celery app."""
     api = Flask(__name__)
     api.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    settings = celery_app.conf.taskapp
+    # The deployment's settings, which celery_kit.boot put on the app.
+    settings = celery_app.conf.celery_kit
     # Workers wait for Redis to come back; the API answers 503 at once
     # instead (set before the result backend is first used).
     celery_app.conf.result_backend_always_retry = False
@@ -220,4 +221,14 @@ def create_api(celery_app: Celery) -> Flask:
     return api
 
 
-app = create_api(default_celery_app)
+def _app() -> Flask:
+    """The API of the app celery_kit.boot configured (gunicorn loads it through celery_kit.wsgi)."""
+    from celery_kit.app import app as celery_app  # noqa: PLC0415 (loads the deployment when served)
+
+    return create_api(celery_app)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(name)

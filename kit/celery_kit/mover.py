@@ -5,10 +5,10 @@ RabbitMQ, `make rollback-broker` moves it back. The messages already queued
 must follow without being lost or run twice in effect; this module moves
 them, one broker's wire format into the other's:
 
-    python -m taskapp.broker_move plan --config PATH --direction redis-to-rabbitmq
-    python -m taskapp.broker_move move --config PATH --direction redis-to-rabbitmq
-    python -m taskapp.broker_move verify --config PATH --direction redis-to-rabbitmq
-    python -m taskapp.broker_move cleanup-redis --config PATH
+    celery-kit move plan --config PATH --direction redis-to-rabbitmq
+    celery-kit move move --config PATH --direction redis-to-rabbitmq
+    celery-kit move verify --config PATH --direction redis-to-rabbitmq
+    celery-kit move cleanup-redis --config PATH
 
 Every command prints JSON, one object per line (progress lines while moving,
 then a summary with "event": "summary"), and exits 0 when done, 1 when
@@ -64,7 +64,7 @@ waiting ones out of the delay queues (their destination is the routing
 key's end).
 
 Priorities: the API's 0..9 (9 most urgent) are stored as 9 - p on Redis and
-as p on RabbitMQ (taskapp.app.broker_priority). A moved message's priority is
+as p on RabbitMQ (celery_kit.topology.broker_priority). A moved message's priority is
 9 minus its priority on the other broker, clamped to 0..9 as kombu clamps it.
 """
 
@@ -114,7 +114,7 @@ UNACKED_MUTEX_KEY = "unacked_mutex"
 KOMBU_KEY_PATTERNS = ("_kombu.*", UNACKED_KEY, UNACKED_INDEX_KEY, UNACKED_MUTEX_KEY, "*.reply.celery.pidbox")
 
 # The mover's journal, in the broker database too (db 0).
-JOURNAL_PREFIX = "taskapp:migration:"
+JOURNAL_PREFIX = "celery-kit:migration:"
 INFLIGHT_KEY = JOURNAL_PREFIX + "inflight:{queue}"
 UNMOVABLE_KEY = JOURNAL_PREFIX + "unmovable"
 MOVED_KEY = JOURNAL_PREFIX + "moved"
@@ -127,7 +127,7 @@ PROGRESS_EVERY_MESSAGES = 5000
 PROGRESS_EVERY_SECONDS = 5.0
 CONFIRM_TIMEOUT_SECONDS = 60.0
 CRASH_EXIT_CODE = 70
-CLIENT_NAME = "taskapp-broker-move"
+CLIENT_NAME = "celery-kit-move"
 
 # AMQP basic properties carried over besides content type and encoding,
 # headers, delivery mode and priority. user_id is left out: RabbitMQ refuses
@@ -1126,7 +1126,7 @@ def command_cleanup_redis(settings: Settings) -> tuple[dict[str, Any], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m taskapp.broker_move", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="celery-kit move", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", required=True, help="JSON file with redis_url, amqp_url, queues, dead_letter_queue")
     with_direction = argparse.ArgumentParser(add_help=False, parents=[common])
@@ -1171,7 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
         summary, code = commands[args.command]()
     except (MoveError, redis.RedisError, OSError, amqp.exceptions.AMQPError) as exc:
         reporter.emit("error", message=str(exc) or type(exc).__name__)
-        print(f"broker_move: error: {exc}", file=sys.stderr)
+        print(f"celery-kit move: error: {exc}", file=sys.stderr)
         return 2
     reporter.emit("summary", **summary)
     return code

@@ -1,56 +1,61 @@
-"""The sample tasks.
+"""The at-most-once guard: an opt-in base task of the kit.
 
-Each runs at most once in effect per task id, with two keys in Redis db 2
-(the locks database):
+A message can reach a worker twice: the worker that had it died before its
+acknowledgement, a broker node failed over, a broker migration moved it
+twice. A task whose effect must not repeat (an email, a payment) opts in
+with ``base=AtMostOnceTask`` and then runs at most once in effect per task
+id, with two keys in Redis (the deployment's locks database):
 
-- taskapp:running:<id>, a lease taken (SET NX) before the task runs and
+- celery-kit:running:<id>, a lease taken (SET NX) before the task runs and
   renewed while it runs; a second delivery of the same id waits while
   another process holds it. A worker killed mid-task stops renewing, so its
   lease lapses within LEASE_SECONDS and the redelivered message runs then.
-- taskapp:done:<id>, the result of a finished id, kept as long as results;
-  a later delivery of a finished id is skipped, counted in the hash
-  taskapp:duplicates, and returns the recorded result.
-
-That makes redelivery after a worker crash, or a message moved twice between
-brokers, harmless, even when both copies reach two workers at the same time.
+- celery-kit:done:<id>, the result of a finished id, kept as long as
+  results; a later delivery of a finished id is skipped, counted in the hash
+  celery-kit:duplicates, and returns the recorded result.
 
 A Redis restart or outage is not the task's failure: every call to Redis
-waits for it to come back (connection errors, timeouts, and LOADING while a
-restarted Redis reads its data), with backoff. Before the task runs the wait
-lasts up to half the soft time limit; then the message goes back to its
-queue (requeued, not dead-lettered) for a later try. After the task ran, the
+waits for it to come back, with backoff. Before the task runs the wait lasts
+up to half the soft time limit; then the message goes back to its queue
+(requeued, not dead-lettered) for a later try. After the task ran, the
 finished mark is retried for as long as the time limit leaves.
+
+The cost: three to four Redis round trips per task and a renewal every
+LEASE_RENEW_SECONDS while it runs.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import re
-import socket
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
 import redis
-from celery import Task, shared_task
+from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 logger = get_task_logger(__name__)
 
-EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s]+$")
-MAX_PROCESS_SECONDS = 60
-DONE_KEY = "taskapp:done:{}"
-DUPLICATE_KEY = "taskapp:duplicates"
-RUNNING_KEY = "taskapp:running:{}"
+DONE_KEY = "celery-kit:done:{}"
+DUPLICATE_KEY = "celery-kit:duplicates"
+RUNNING_KEY = "celery-kit:running:{}"
 # How long a lease outlives a process that stopped renewing it (killed).
 LEASE_SECONDS = 20
 LEASE_RENEW_SECONDS = 5
 LEASE_POLL_SECONDS = 0.5
+DEFAULT_KEEP_SECONDS = 86400
+
+
+def deployment_setting(app: Celery, key: str) -> Any:
+    """A value of the kit's deployment settings, None when the kit did not configure the app."""
+    return (app.conf.get("celery_kit") or {}).get(key)
+
+
 # Renew or release the lease only while it is still ours.
 RENEW_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -92,21 +97,25 @@ def call_redis(what: str, call: Any, deadline: float) -> Any:
             delay = min(delay * 2, REDIS_RETRY_MAX_SECONDS)
 
 
-class PoisonError(RuntimeError):
-    """Raised by the poison task, every time."""
+class AtMostOnceTask(Task):
+    """Runs each task id at most once in effect (see the module's docstring).
 
-
-class IdempotentTask(Task):
-    """A task that runs under a lease in Redis db 2, records finished ids there and skips repeats."""
+    Opt in per task: ``@shared_task(base=AtMostOnceTask)``. Without the kit's
+    deployment settings (a unit test, a developer's machine) it is a plain task.
+    """
 
     @cached_property
     def locks(self) -> redis.Redis | None:
-        url = self.app.conf.taskapp.get("locks_url")
+        url = deployment_setting(self.app, "locks_url")
         return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) if url else None
+
+    def keep_seconds(self) -> int:
+        """How long a finished id is remembered: as long as its result."""
+        return _keep_seconds(self.app.conf.result_expires)
 
     def redis_deadlines(self) -> tuple[float, float]:
         """How long to wait for Redis: before the run, and for the finished mark after it."""
-        soft_limit = self.app.conf.task_soft_time_limit or self.app.conf.taskapp["task_time_limit"]
+        soft_limit = self.soft_time_limit or self.app.conf.task_soft_time_limit or self.app.conf.task_time_limit or 300
         started = time.monotonic()
         return started + max(soft_limit / 2, 5), started + max(soft_limit - 5, 5)
 
@@ -141,7 +150,7 @@ class IdempotentTask(Task):
             try:
                 call_redis(
                     "recording the finished id",
-                    lambda: self.locks.set(done_key, json.dumps(result), ex=self.app.conf.taskapp["result_expires"]),
+                    lambda: self.locks.set(done_key, json.dumps(result), ex=self.keep_seconds()),
                     after_run,
                 )
             except RedisUnavailable as error:
@@ -154,7 +163,7 @@ class IdempotentTask(Task):
 
 
 class Lease:
-    """taskapp:running:<id>: held by one process, renewed by a thread while it runs."""
+    """celery-kit:running:<id>: held by one process, renewed by a thread while it runs."""
 
     def __init__(self, client: redis.Redis, key: str) -> None:
         self.client = client
@@ -187,49 +196,7 @@ class Lease:
             logger.warning("could not release %s: %s", self.key, error)
 
 
-@shared_task(base=IdempotentTask, name="add")
-def add(x: float, y: float) -> float:
-    """Add two numbers."""
-    return x + y
-
-
-@shared_task(base=IdempotentTask, bind=True, name="send_welcome_email")
-def send_welcome_email(self: Task, email: str) -> dict[str, str]:
-    """Write a welcome email to the mail sink file; nothing leaves the host."""
-    if not EMAIL_PATTERN.match(email):
-        raise ValueError(f"not an email address: {email!r}")
-    record = {
-        "to": email,
-        "subject": "Welcome!",
-        "task_id": self.request.id,
-        "sent_at": datetime.now(UTC).isoformat(),
-    }
-    with open(self.app.conf.taskapp["mail_sink"], "a", encoding="utf-8") as sink:
-        fcntl.flock(sink, fcntl.LOCK_EX)
-        sink.write(json.dumps(record) + "\n")
-    return {"to": email, "status": "written to mail sink"}
-
-
-@shared_task(base=IdempotentTask, name="process_task")
-def process_task(data: dict[str, Any]) -> dict[str, Any]:
-    """Pretend to process a document; data["seconds"] makes it take that long."""
-    seconds = float(data.get("seconds", 0))
-    time.sleep(min(max(seconds, 0.0), MAX_PROCESS_SECONDS))
-    return {"keys": sorted(data), "processed_by": socket.gethostname()}
-
-
-@shared_task(name="health")
-def health() -> dict[str, str]:
-    """The kit's health check: a worker took it from the health queue and Redis stored its result."""
-    return {"worker": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
-
-
-@shared_task(
-    name="poison",
-    autoretry_for=(PoisonError,),
-    max_retries=2,
-    default_retry_delay=1,
-)
-def poison() -> None:
-    """Always fail: retried twice, then rejected into the dead-letter queue."""
-    raise PoisonError("poison always fails")
+def _keep_seconds(expires: Any) -> int:
+    if isinstance(expires, timedelta):
+        return max(int(expires.total_seconds()), 1)
+    return int(expires) if expires else DEFAULT_KEEP_SECONDS

@@ -5,7 +5,7 @@ Exit status: 0 when all is well; 1 when something needs a look: an
 application queue without a consumer (tasks would pile up), a RabbitMQ node
 down, an alarm (memory or disk: publishers are blocked) or a network
 partition; 2 when the status file cannot be read.
-Usage: scripts/status.py STATUS_JSON
+Usage: celery-kit status STATUS_JSON
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of make migrate. Reports figures; it does not judge them.
 
-    .venv/bin/python scripts/bench_migration.py [--messages 100000]
+    celery-kit bench-migration [--messages 100000]
         [--rabbitmq-hosts 3] [--keep]
 
 It creates its own local deployment (KIT_LOCAL_DEPLOYMENT=bench, network
@@ -36,19 +36,20 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository (the kit runs these on the controller, from its checkout).
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from scenarios import Deployment  # noqa: E402 (tests/ is put on the path first)
 
 DEPLOYMENT = "bench"
-APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
+APP = "/opt/celery-app/bin/celery-app-run python"
 LOAD = ROOT / "tests" / "load.py"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]
 
 ENQUEUE = """
 import sys, time
-from taskapp.app import app
+from celery_kit.app import app
 count = int(sys.argv[1])
 started = time.monotonic()
 with app.producer_or_acquire() as producer:
@@ -108,7 +109,7 @@ class Monitor(threading.Thread):
                         host,
                         "systemctl",
                         "list-units",
-                        "taskapp-worker@*",
+                        "celery-worker-*@*",
                         "--state=running",
                         "--no-legend",
                     ],
@@ -131,7 +132,7 @@ class Monitor(threading.Thread):
 def queue_backlog(workers: list[str], messages: int, broker: str) -> None:
     """Stop the workers, then queue messages on the deployment's current broker."""
     for worker in workers:
-        sh(worker, "systemctl stop taskapp-workers.target")
+        sh(worker, "systemctl stop celery-workers.target")
     seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {messages}").strip()
     print(f"--- queued {messages} messages in {broker} in {seconds} s", flush=True)
 
@@ -144,12 +145,14 @@ def report(output: str) -> dict:
     return {"moved": int(moved.group(1)), "seconds": float(moved.group(2)), "per_second": int(moved.group(3))}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="celery-kit bench-migration", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rabbitmq-hosts", type=int, default=3, help="RabbitMQ cluster size (1, or 3 and more)")
     parser.add_argument("--keep", action="store_true", help="keep the deployment afterwards")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     playbook(
         "-e", "celery_broker=redis", "-e", f"local_rabbitmq_hosts={args.rabbitmq_hosts}", "playbooks/local-hosts.yml"

@@ -1,0 +1,26 @@
+"""The producer's WSGI entry point under gunicorn: the team's WSGI app, its Celery app configured first.
+
+CELERY_KIT_WSGI names the team's WSGI callable ("package.module:attribute",
+the value of kit_app_wsgi). celery_kit.app is loaded first, so the Celery app the
+web app publishes through has the deployment's broker, publisher confirms
+and queues before the first request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from celery_kit.app import app as celery_app
+
+WSGI_ENV = "CELERY_KIT_WSGI"
+__all__ = ["application", "celery_app"]
+
+
+def load_wsgi(spec: str) -> object:
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute or "application")
+
+
+application = load_wsgi(os.environ.get(WSGI_ENV) or "")
