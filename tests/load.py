@@ -10,9 +10,9 @@ Copied onto an app host (api or worker) and run with the app's venv python:
                                   exists, cycling through the JSON bodies
                                   given (or the JSON list in FILE; default:
                                   add); append ids, count refusals by status
-  load.py check IDS               which ids have not run (no taskapp:done:<id>
+  load.py check IDS               which ids have not run (no celery-kit:done:<id>
                                   in Redis db 2), how many ran twice (copies
-                                  the app skipped, taskapp:duplicates), and
+                                  the app skipped, celery-kit:duplicates), and
                                   their states in the result backend
   load.py order IDS               the finished ids, in the order they finished
                                   (date_done of their results)
@@ -93,7 +93,7 @@ def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> di
 
 
 def check(ids_path: str) -> dict:
-    with open(os.environ["TASKAPP_CONFIG"], encoding="utf-8") as config_file:
+    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
     locks = redis.Redis.from_url(config["locks_url"])
     results = redis.Redis.from_url(config["result_backend"])
@@ -106,9 +106,9 @@ def check(ids_path: str) -> dict:
         chunk = ids[start : start + 1000]
         with locks.pipeline(transaction=False) as pipe:
             for task_id in chunk:
-                pipe.exists(f"taskapp:done:{task_id}")
+                pipe.exists(f"celery-kit:done:{task_id}")
             missing += [task_id for task_id, done in zip(chunk, pipe.execute(), strict=True) if not done]
-        twice += sum(int(count or 0) for count in locks.hmget("taskapp:duplicates", chunk))
+        twice += sum(int(count or 0) for count in locks.hmget("celery-kit:duplicates", chunk))
         for meta in results.mget([f"celery-task-meta-{task_id}" for task_id in chunk]):
             states[json.loads(meta)["status"] if meta else "NO RESULT"] += 1
     return {
@@ -122,7 +122,7 @@ def check(ids_path: str) -> dict:
 
 
 def order(ids_path: str) -> dict:
-    with open(os.environ["TASKAPP_CONFIG"], encoding="utf-8") as config_file:
+    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
     results = redis.Redis.from_url(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:

@@ -18,7 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app /opt/taskapp/venv/bin/python"
+# The app's Python as root, with the app's environment (the units' EnvironmentFile).
+APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
 LOAD = "/root/load.py"
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
@@ -100,7 +101,7 @@ class Deployment:
         """Task ids in the mail sinks of every worker host, with how often each wrote one."""
         names = self.containers("workers")
         assert names, "no worker host found"
-        lines = "".join(sh(name, "cat /var/lib/taskapp/mail-sink.log 2>/dev/null || true") for name in names)
+        lines = "".join(sh(name, "cat /var/lib/celery-app/mail-sink.log 2>/dev/null || true") for name in names)
         return Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
 
     def rabbitmq_messages(self, node: int = 1) -> dict[str, int]:

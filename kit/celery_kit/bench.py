@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from scenarios import Deployment  # noqa: E402 (tests/ is put on the path first)
 
 DEPLOYMENT = "bench"
-APP = "/opt/celery-app/bin/celery-app-run python"
+# The app's Python as root, with the app's environment (the units' EnvironmentFile).
+APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
 LOAD = ROOT / "tests" / "load.py"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]

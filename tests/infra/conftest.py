@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_QUEUES = ("health", "default", "emails", "priority")
 DEAD_LETTERED_QUEUES = ("default", "emails", "priority")
 # How the suite runs the app's own tools on a worker host.
-APP_ENV = "TASKAPP_CONFIG=/etc/taskapp/config.json PYTHONPATH=/opt/taskapp/app"
-APP_PYTHON = f"{APP_ENV} /opt/taskapp/venv/bin/python"
-CELERY = f"{APP_ENV} /opt/taskapp/venv/bin/celery --app taskapp.app:app"
+# (as root, with the app's environment: the units' EnvironmentFile)
+APP_ENV = "env $(grep -v ^# /etc/celery-app/app.env | xargs)"
+APP_PYTHON = f"{APP_ENV} /opt/celery-app/current/venv/bin/python"
+CELERY = f"{APP_ENV} /opt/celery-app/current/venv/bin/celery --app celery_kit.app"
 DEAD_LETTER_QUEUE = "dead-letter"
 VHOST = "/celery"
 
@@ -77,7 +78,7 @@ def group_hosts(pytestconfig: pytest.Config) -> Callable[[str], list[Any]]:
 @pytest.fixture(scope="session")
 def broker(group_hosts) -> str:
     """The deployment's broker, as the app on the api host is configured."""
-    config = group_hosts("api")[0].file("/etc/taskapp/config.json").content_string
+    config = group_hosts("api")[0].file("/etc/celery-app/deployment.json").content_string
     return json.loads(config)["broker"]
 
 
@@ -137,8 +138,8 @@ def worker_processes(group_hosts) -> int:
 
 def configured_worker_units(host) -> list[str]:
     """Worker units the host's target wants (its configured process count)."""
-    wants = host.check_output("systemctl show -p Wants --value taskapp-workers.target")
-    return sorted(re.findall(r"taskapp-worker@\d+\.service", wants))
+    wants = host.check_output("systemctl show -p Wants --value celery-workers.target")
+    return sorted(re.findall(r"celery-worker-[a-z0-9-]+@\d+\.service", wants))
 
 
 def queue_argument(arguments: Any, name: str) -> Any:

@@ -10,7 +10,7 @@ from conftest import APP_PYTHON, DEAD_LETTER_QUEUE, rabbitmq_queues, submit, wai
 PEEK = """
 import json
 import sys
-from taskapp.app import app
+from celery_kit.app import app
 found = []
 with app.connection_for_read() as connection:
     channel = connection.channel()

@@ -34,12 +34,12 @@ def test_restart_is_a_warm_shutdown_that_lets_running_tasks_finish(api_host, red
     task_id = submit(api_host, {"task": "process_task", "args": [{"seconds": 6}]})
     assert _wait_until_started(api_host, task_id) == "STARTED"
     for host in group_hosts("workers"):
-        host.check_output("systemctl restart taskapp-workers.target")
+        host.check_output("systemctl restart celery-workers.target")
     reply = wait_for_result(api_host, task_id)
     assert reply["state"] == "SUCCESS"
     assert reply["result"]["keys"] == ["seconds"]
     # Finished before the restart completed: never handed out a second time.
-    assert redis_cli(redis_host, "HGET", "taskapp:duplicates", task_id, db=2).stdout.strip() == ""
+    assert redis_cli(redis_host, "HGET", "celery-kit:duplicates", task_id, db=2).stdout.strip() == ""
 
 
 def test_task_of_a_killed_worker_is_delivered_again_and_completes(api_host, group_hosts, rabbitmq):
@@ -50,7 +50,7 @@ def test_task_of_a_killed_worker_is_delivered_again_and_completes(api_host, grou
     task_id = submit(api_host, {"task": "process_task", "args": [{"seconds": 8}]})
     assert _wait_until_started(api_host, task_id) == "STARTED"
     for host in group_hosts("workers"):
-        host.check_output("systemctl kill --signal=SIGKILL 'taskapp-worker@*.service'")
+        host.check_output("systemctl kill --signal=SIGKILL 'celery-worker-*@*.service'")
     reply = wait_for_result(api_host, task_id, timeout=90)
     assert reply["state"] == "SUCCESS"
     for host in group_hosts("workers"):
@@ -64,7 +64,7 @@ def test_two_deliveries_of_one_task_id_at_the_same_time_run_it_once(api_host, re
     # one id, taken by two idle worker processes at once.
     task_id = f"twice-{uuid.uuid4().hex}"
     send_twice = (
-        "from taskapp.app import app\n"
+        "from celery_kit.app import app\n"
         "for _ in range(2):\n"
         f"    app.send_task('process_task', args=[{{'seconds': 4}}], task_id='{task_id}')\n"
     )
@@ -73,13 +73,13 @@ def test_two_deliveries_of_one_task_id_at_the_same_time_run_it_once(api_host, re
     assert reply["state"] == "SUCCESS"
     # The second copy waited for the first to finish, then was skipped.
     deadline = time.monotonic() + 30
-    while redis_cli(redis_host, "HGET", "taskapp:duplicates", task_id, db=2).stdout.strip() != "1":
+    while redis_cli(redis_host, "HGET", "celery-kit:duplicates", task_id, db=2).stdout.strip() != "1":
         assert time.monotonic() < deadline, f"the second copy of {task_id} was not skipped (did it run too?)"
         time.sleep(0.5)
     waited = [
         host.backend.hostname
         for host in group_hosts("workers")
-        if host.run(f"journalctl -q --since '-2min' -u 'taskapp-worker@*' | grep -c '{task_id} is running in'").rc == 0
+        if host.run(f"journalctl -q --since '-2min' -u 'celery-worker-*@*' | grep -c '{task_id} is running in'").rc == 0
     ]
     assert waited, "the two copies did not overlap: no worker waited for the other"
 
@@ -136,7 +136,7 @@ def test_the_health_check_does_not_wait_behind_a_backlog(api_host, group_hosts):
     load = Load(api_host, "backlog")
     load.submit([{"task": "process_task", "args": [{"seconds": 0.5}]}] * 400)
     started = time.monotonic()
-    task_id = submit(api_host, {"task": "health"})
+    task_id = submit(api_host, {"task": "celery_kit.health"})
     reply = wait_for_result(api_host, task_id, timeout=60)
     seconds = time.monotonic() - started
     unfinished = load.run("order", load.ids)["unfinished"]

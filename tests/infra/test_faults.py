@@ -43,7 +43,7 @@ BODIES = [
 def _emails_written_twice(group_hosts, load: Load) -> int:
     ids = set(load.host.check_output(f"cat {load.ids}").split())
     lines = "".join(
-        host.run("cat /var/lib/taskapp/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
+        host.run("cat /var/lib/celery-app/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
     )
     written = Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
     return sum(count - 1 for task_id, count in written.items() if task_id in ids and count > 1)

@@ -94,7 +94,7 @@ def test_server_may_open_65536_files_or_as_many_as_the_machine_allows(rabbitmq_n
 
 
 def test_consumer_timeout_covers_a_reserved_task_but_no_countdown(rabbitmq, api_host):
-    config = json.loads(api_host.file("/etc/taskapp/config.json").content_string)
+    config = json.loads(api_host.file("/etc/celery-app/deployment.json").content_string)
     answer = rabbitmq.check_output("rabbitmqctl -q eval 'application:get_env(rabbit, consumer_timeout).'")
     timeout_ms = int(answer.strip("{}").split(",")[1])
     # Per queue a worker process may reserve one round of tasks behind the

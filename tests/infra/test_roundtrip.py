@@ -11,14 +11,14 @@ def test_add_round_trip_through_api_worker_and_redis(api_host, redis_host):
     # The result lives in Redis db 1, the result backend.
     assert redis_cli(redis_host, "EXISTS", f"celery-task-meta-{task_id}", db=1).stdout.strip() == "1"
     # ... and the task id is recorded as done in db 2, the idempotency keys.
-    assert redis_cli(redis_host, "EXISTS", f"taskapp:done:{task_id}", db=2).stdout.strip() == "1"
+    assert redis_cli(redis_host, "EXISTS", f"celery-kit:done:{task_id}", db=2).stdout.strip() == "1"
 
 
 def test_welcome_email_lands_in_a_mail_sink(api_host, group_hosts):
     task_id = submit(api_host, {"task": "send_welcome_email", "kwargs": {"email": "new.user@example.com"}})
     assert wait_for_result(api_host, task_id)["state"] == "SUCCESS"
     sinks = "".join(
-        host.run("cat /var/lib/taskapp/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
+        host.run("cat /var/lib/celery-app/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
     )
     assert task_id in sinks
 

@@ -5,8 +5,8 @@ import pytest
 SERVICES = {
     "rabbitmq": ["rabbitmq-server"],
     "redis": ["redis-server"],
-    "workers": ["taskapp-workers.target"],
-    "api": ["taskapp-api"],
+    "workers": ["celery-workers.target"],
+    "api": ["celery-api"],
 }
 
 
@@ -25,4 +25,4 @@ def test_app_services_run_unprivileged(group_hosts):
     for group in ("workers", "api"):
         for host in group_hosts(group):
             users = host.check_output("ps -o user= -C celery,gunicorn | sort -u").split()
-            assert users == ["taskapp"], f"{host.backend.hostname} runs the app as {users}"
+            assert users == ["celeryapp"], f"{host.backend.hostname} runs the app as {users}"

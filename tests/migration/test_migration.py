@@ -113,7 +113,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     # A worker process dies holding reserved and countdown tasks: they stay
     # in kombu's unacked hash, which celery migrate would leave behind.
     time.sleep(3)
-    sh(container("workers", 2), "systemctl kill --signal=KILL taskapp-worker@1.service")
+    sh(container("workers", 2), "systemctl kill --signal=KILL celery-worker-default@1.service")
 
     # Submissions keep coming during the whole migration.
     KIT.start_steady_load(STEADY_IDS, STOP, "/root/steady.json", 10, [{"task": "add", "args": [1, 1]}])

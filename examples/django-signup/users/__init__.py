@@ -1,0 +1,1 @@
+"""The users app: signup API and the tasks a signup queues."""
