@@ -86,13 +86,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import amqp
 import redis
 from kombu.transport.native_delayed_delivery import MAX_LEVEL, calculate_routing_key, level_name
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
+
+from celery_kit.rabbit import AmqpMessage, BrokerError, Rabbit
 
 DIRECTIONS = ("redis-to-rabbitmq", "rabbitmq-to-redis")
 # Celery's delayed delivery on RabbitMQ: where a delayed message enters, the
@@ -125,7 +126,6 @@ MOVED_KEEP_SECONDS = 7 * 86400
 DEFAULT_BATCH = 500
 PROGRESS_EVERY_MESSAGES = 5000
 PROGRESS_EVERY_SECONDS = 5.0
-CONFIRM_TIMEOUT_SECONDS = 60.0
 CRASH_EXIT_CODE = 70
 CLIENT_NAME = "celery-kit-move"
 
@@ -135,7 +135,7 @@ CLIENT_NAME = "celery-kit-move"
 CARRIED_PROPERTIES = ("correlation_id", "reply_to", "expiration", "message_id", "timestamp", "type", "app_id")
 
 
-class MoveError(Exception):
+class MoveError(BrokerError):
     """Something the operator must fix; the message says what."""
 
 
@@ -159,16 +159,6 @@ class Settings:
     amqp_url: str | None
     queues: tuple[QueueSpec, ...]
     dead_letter_queue: str
-
-
-@dataclass(frozen=True)
-class AmqpMessage:
-    """What to publish to RabbitMQ: body, py-amqp properties and where to."""
-
-    body: bytes
-    properties: dict[str, Any]
-    exchange: str
-    routing_key: str
 
 
 # --------------------------------------------------------------------------
@@ -412,127 +402,6 @@ def connect_redis(url: str) -> redis.Redis:
     except redis.RedisError as exc:
         raise MoveError(f"cannot reach Redis: {exc}") from exc
     return client
-
-
-def amqp_params(url: str) -> dict[str, Any]:
-    """py-amqp connection parameters from an amqp:// URL (vhost %2F-encoded)."""
-    parts = urlsplit(url)
-    if parts.scheme != "amqp" or not parts.hostname:
-        raise MoveError("amqp_url must look like amqp://user:password@host:5672/%2Fvhost")
-    return {
-        "host": f"{parts.hostname}:{parts.port or 5672}",
-        "userid": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
-        "virtual_host": unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
-        "connect_timeout": 5,
-        "read_timeout": 60,
-        "write_timeout": 60,
-    }
-
-
-class Rabbit:
-    """One py-amqp connection and channel.
-
-    publish() uses publisher confirms a batch at a time: the channel is put
-    in confirm mode once, a batch of messages is sent, and the call returns
-    only when RabbitMQ acknowledged every one of them (it raises on a nack,
-    on a message returned as unroutable, or after CONFIRM_TIMEOUT_SECONDS).
-    """
-
-    def __init__(self, url: str) -> None:
-        try:
-            self.connection = amqp.Connection(**amqp_params(url))
-            self.connection.connect()
-            self.channel = self.connection.channel()
-        except (OSError, amqp.exceptions.AMQPError) as exc:
-            raise MoveError(f"cannot reach RabbitMQ: {exc}") from exc
-        self._confirming = False
-        self._sent = 0
-        self._unconfirmed: set[int] = set()
-        self._failures: list[str] = []
-
-    def close(self) -> None:
-        try:
-            self.connection.close()
-        except (OSError, amqp.exceptions.AMQPError):
-            pass
-
-    def queue_state(self, name: str) -> tuple[int, int]:
-        """(ready messages, consumers) of an existing queue; never declares one."""
-        try:
-            _, messages, consumers = self.channel.queue_declare(name, passive=True)
-        except amqp.exceptions.NotFound as exc:
-            raise MoveError(f"queue {name!r} does not exist on RabbitMQ (run the rabbitmq role first)") from exc
-        return messages, consumers
-
-    def exchange_exists(self, name: str) -> bool:
-        """Whether an exchange exists; asked on a channel of its own (a 404 closes it)."""
-        channel = self.connection.channel()
-        try:
-            channel.exchange_declare(name, "topic", passive=True)
-        except amqp.exceptions.NotFound:
-            return False
-        channel.close()
-        return True
-
-    def _start_confirms(self) -> None:
-        self.channel.confirm_select()
-        self.channel.events["basic_ack"].add(self._on_ack)
-        self.channel.events["basic_nack"].add(self._on_nack)
-        self.channel.events["basic_return"].add(self._on_return)
-        self._confirming = True
-
-    def _settle(self, tag: int, multiple: bool) -> set[int]:
-        settled = {sent for sent in self._unconfirmed if sent <= tag} if multiple else {tag}
-        self._unconfirmed -= settled
-        return settled
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        settled = self._settle(delivery_tag, multiple)
-        self._failures.append(f"RabbitMQ refused (nack) {len(settled)} message(s)")
-
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        self._failures.append(f"RabbitMQ could not route a message to {routing_key!r}: {exc}")
-
-    def publish(self, messages: list[AmqpMessage]) -> None:
-        """Publish persistent, mandatory messages and wait until all are confirmed."""
-        if not self._confirming:
-            self._start_confirms()
-        for message in messages:
-            self.channel.basic_publish(
-                amqp.Message(message.body, **message.properties),
-                exchange=message.exchange,
-                routing_key=message.routing_key,
-                mandatory=True,
-            )
-            self._sent += 1
-            self._unconfirmed.add(self._sent)
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while self._unconfirmed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise MoveError(f"RabbitMQ did not confirm {len(self._unconfirmed)} message(s) in time")
-            try:
-                self.connection.drain_events(timeout=min(remaining, 1.0))
-            except TimeoutError:
-                continue
-        if self._failures:
-            raise MoveError("; ".join(self._failures))
-
-    def get(self, queue: str) -> amqp.Message | None:
-        """One message, unacknowledged until ack() (basic_get)."""
-        return self.channel.basic_get(queue, no_ack=False)
-
-    def ack(self, delivery_tag: int) -> None:
-        """Acknowledge one message got on this channel."""
-        self.channel.basic_ack(delivery_tag)
-
-    def ack_through(self, delivery_tag: int) -> None:
-        """Acknowledge every message got on this channel up to delivery_tag."""
-        self.channel.basic_ack(delivery_tag, multiple=True)
 
 
 # --------------------------------------------------------------------------
@@ -1169,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
             "cleanup-redis": lambda: command_cleanup_redis(settings),
         }
         summary, code = commands[args.command]()
-    except (MoveError, redis.RedisError, OSError, amqp.exceptions.AMQPError) as exc:
+    except (BrokerError, redis.RedisError, OSError, amqp.exceptions.AMQPError) as exc:
         reporter.emit("error", message=str(exc) or type(exc).__name__)
         print(f"celery-kit move: error: {exc}", file=sys.stderr)
         return 2

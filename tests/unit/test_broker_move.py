@@ -28,6 +28,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from celery_kit import mover as bm
+from celery_kit import rabbit as rb
 from celery_kit.topology import broker_priority
 
 FIXTURES = Path(__file__).parent / "fixtures" / "broker_move"
@@ -259,12 +260,12 @@ def test_bad_configuration_is_refused_naming_the_key(tmp_path, overrides, messag
 
 
 def test_amqp_url_is_split_like_kombu_does():
-    params = bm.amqp_params("amqp://celery:p%2Fw%40rd@10.0.0.5:5673/%2Fcelery")
+    params = rb.amqp_params("amqp://celery:p%2Fw%40rd@10.0.0.5:5673/%2Fcelery")
     assert params["host"] == "10.0.0.5:5673"
     assert (params["userid"], params["password"], params["virtual_host"]) == ("celery", "p/w@rd", "/celery")
-    assert bm.amqp_params("amqp://u:p@h")["virtual_host"] == "/"
-    with pytest.raises(bm.MoveError):
-        bm.amqp_params("redis://h")
+    assert rb.amqp_params("amqp://u:p@h")["virtual_host"] == "/"
+    with pytest.raises(rb.BrokerError):
+        rb.amqp_params("redis://h")
 
 
 def test_module_runs_as_a_command_and_reports_errors_as_json(tmp_path):
@@ -486,7 +487,7 @@ class FakeRabbit:
     def exchange_exists(self, name: str) -> bool:
         return name == bm.DELAY_ENTRY_EXCHANGE
 
-    def publish(self, messages: list[bm.AmqpMessage]) -> None:
+    def publish(self, messages: list[rb.AmqpMessage]) -> None:
         self.publish_calls += 1
         for message in messages:
             assert message.exchange in ("", bm.DELAY_ENTRY_EXCHANGE)
@@ -938,15 +939,15 @@ class FakeAmqpConnection:
             raise TimeoutError
 
 
-def fake_rabbit(answer) -> tuple[bm.Rabbit, FakeAmqpChannel]:
-    rabbit = object.__new__(bm.Rabbit)
+def fake_rabbit(answer) -> tuple[rb.Rabbit, FakeAmqpChannel]:
+    rabbit = object.__new__(rb.Rabbit)
     channel = FakeAmqpChannel(answer)
     rabbit.channel, rabbit.connection = channel, FakeAmqpConnection(channel)
     rabbit._confirming, rabbit._sent, rabbit._unconfirmed, rabbit._failures = False, 0, set(), []
     return rabbit, channel
 
 
-def some_messages(count: int) -> list[bm.AmqpMessage]:
+def some_messages(count: int) -> list[rb.AmqpMessage]:
     envelope = redis_fixture_envelopes()["004"][1]
     return [bm.envelope_to_amqp(envelope, "priority")] * count
 
@@ -994,14 +995,14 @@ def test_a_nack_or_an_unroutable_message_fails_the_batch(event, message):
         return True
 
     rabbit, _ = fake_rabbit(refuse)
-    with pytest.raises(bm.MoveError, match=message):
+    with pytest.raises(rb.BrokerError, match=message):
         rabbit.publish(some_messages(2))
 
 
 def test_missing_confirms_time_out(monkeypatch):
-    monkeypatch.setattr(bm, "CONFIRM_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(rb, "CONFIRM_TIMEOUT_SECONDS", 0.05)
     rabbit, _ = fake_rabbit(lambda channel: False)
-    with pytest.raises(bm.MoveError, match="did not confirm 2 message"):
+    with pytest.raises(rb.BrokerError, match="did not confirm 2 message"):
         rabbit.publish(some_messages(2))
 
 
