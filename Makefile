@@ -21,6 +21,10 @@ KEY_NAME ?=
 AUTO_APPROVE ?=
 # make migrate / rollback-broker: DRY_RUN=1 prints the plan only.
 DRY_RUN ?=
+# make dlq-replay / dlq-purge: which dead-lettered messages (one of them).
+TASK ?=
+ID ?=
+ALL ?=
 # The app to deploy: a directory holding celery-kit.yml, or such a file
 # (README, "Deploy your own app"); empty: the sample app.
 APP ?=
@@ -54,7 +58,7 @@ PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 ON_HOSTS := $(if $(filter aws,$(ENV)),celery-kit aws exec)
 STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
 
-.PHONY: help venv deploy verify status migrate rollback-broker destroy test lint unit terraform molecule chaos clean check-env
+.PHONY: help venv deploy verify status migrate rollback-broker dlq dlq-replay dlq-purge destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -95,6 +99,21 @@ endif
 
 rollback-broker: check-env venv ## Move the deployment back from RabbitMQ to the Redis broker (DRY_RUN=1: plan only)
 	$(MIGRATE) -e migration_target=redis
+
+DLQ_SELECTION = $(strip $(if $(TASK),--task $(TASK)) $(if $(ID),--id $(ID)) $(if $(filter 1 yes true,$(ALL)),--all))
+comma := ,
+empty :=
+space := $(empty) $(empty)
+DLQ := $(ON_HOSTS) $(PLAYBOOK) playbooks/dlq.yml -e '{"dlq_selection": [$(subst $(space),$(comma),$(patsubst %,"%",$(DLQ_SELECTION)))]}'
+
+dlq: check-env venv ## List the dead-letter queue: task, id, queue, reason, deaths, first death, exception
+	$(DLQ) -e dlq_action=list
+
+dlq-replay: check-env venv ## Send dead-lettered tasks back to their queue, confirmed (TASK=name, ID=id or ALL=1)
+	$(DLQ) -e dlq_action=replay
+
+dlq-purge: check-env venv ## Delete dead-lettered tasks after a confirmation (TASK=name, ID=id or ALL=1; AUTO_APPROVE=1 skips it)
+	$(DLQ) -e dlq_action=purge $(if $(filter 1 yes true,$(AUTO_APPROVE)),-e dlq_confirmed=true)
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)
