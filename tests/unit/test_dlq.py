@@ -10,6 +10,7 @@ import argparse
 from datetime import datetime
 
 import amqp
+
 from celery_kit import dlq
 
 
@@ -27,7 +28,10 @@ def _dead(task: str, task_id: str, queue: str = "email", deaths: int = 1) -> amq
         content_type="application/json",
         content_encoding="utf-8",
         priority=0,
-        application_headers={"task": task, "id": task_id, "lang": "py", "x-death": [death], "x-first-death-queue": queue},
+        application_headers={
+            **{"task": task, "id": task_id, "lang": "py"},
+            **{"x-death": [death], "x-first-death-queue": queue},
+        },
     )
     message.delivery_info = {"delivery_tag": task_id}
     return message
@@ -73,7 +77,8 @@ def test_a_dead_lettered_message_says_what_it_is_and_where_it_died():
 def test_the_replayed_copy_goes_to_its_queue_without_its_death_records():
     copy = dlq.replay_copy(_dead("users.tasks.send_welcome_email", "t-1"), "email")
     assert (copy.exchange, copy.routing_key) == ("", "email")
-    assert copy.properties["application_headers"] == {"task": "users.tasks.send_welcome_email", "id": "t-1", "lang": "py"}
+    headers = copy.properties["application_headers"]
+    assert headers == {"task": "users.tasks.send_welcome_email", "id": "t-1", "lang": "py"}
     assert copy.properties["delivery_mode"] == 2
     assert copy.properties["content_type"] == "application/json"
     assert copy.body == b'[["a@b.example"], {}, {}]'
