@@ -145,10 +145,11 @@ terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, 
 	scripts/tf-scan.sh
 	scripts/tf-moto-test.sh
 
-molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotence, verify with fault tests) and migration (Redis -> RabbitMQ cluster and back)
+molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotence, verify with fault tests), migration (Redis -> RabbitMQ cluster and back) and apps (the Django example: signup, migration, dead-letter replay)
 	scripts/ensure-docker.sh
 	scripts/timed.sh "molecule default" molecule test --scenario-name default
 	scripts/timed.sh "molecule migration" molecule test --scenario-name migration
+	scripts/timed.sh "molecule apps" molecule test --scenario-name apps
 
 chaos: venv ## Heavy fault scenarios, not in make test: the RabbitMQ cluster grows 1 -> 3 -> 5 and shrinks to 3 under load, counted
 	scripts/ensure-docker.sh

@@ -6,7 +6,7 @@ Run from the repository root:
 Everything happens at import, before the test modules import the project:
 the environment the settings read, django.setup(), the migrations. Tasks run
 inside the request (task_always_eager), so a signup really writes its email
-file and its analytics line; results go to an in-memory store.
+file and its analytics line; the broker and the result store are in memory.
 """
 
 import atexit
@@ -34,8 +34,6 @@ os.environ.update(
         "SIGNUP_DATABASE": str(SCRATCH / "db.sqlite3"),
         "SIGNUP_MAIL_DIR": str(SCRATCH / "mail"),
         "SIGNUP_ANALYTICS_FILE": str(SCRATCH / "analytics.jsonl"),
-        "CELERY_BROKER_URL": "memory://",
-        "CELERY_RESULT_BACKEND": "cache+memory://",
     }
 )
 os.environ.pop("DJANGO_DEBUG", None)
@@ -50,6 +48,11 @@ from signup.celery import app as celery_app  # noqa: E402
 
 call_command("migrate", verbosity=0)
 
+# Set on the app, not as CELERY_BROKER_URL / CELERY_RESULT_BACKEND in the
+# environment: Celery reads those for every app in the process, and would
+# redirect the apps of other tests run in the same session.
+celery_app.conf.broker_url = "memory://"
+celery_app.conf.result_backend = "cache+memory://"
 celery_app.conf.task_always_eager = True
 celery_app.conf.task_eager_propagates = True
 # Lets GET /tasks/<id> read the state of a task that ran eagerly.
