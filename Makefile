@@ -40,6 +40,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export KIT_LOCAL_DEPLOYMENT ?= local
 
 INVENTORY := inventories/$(ENV)
+# The APP file: the directory's celery-kit.yml, or the file named.
+APP_FILE = $(abspath $(if $(filter %.yml %.yaml,$(APP)),$(APP),$(APP)/celery-kit.yml))
 # -e arguments for the settings given on the command line, and only those.
 EXTRA_VARS := $(strip \
   $(if $(BROKER),-e celery_broker=$(BROKER)) \
@@ -50,8 +52,9 @@ EXTRA_VARS := $(strip \
   $(if $(WORKER_PROCESSES),-e kit_worker_processes=$(WORKER_PROCESSES)) \
   $(if $(LOCAL_PRIVILEGED),-e local_privileged=$(LOCAL_PRIVILEGED)) \
   $(if $(LOCAL_NETWORK_PREFIX),-e local_network_prefix=$(LOCAL_NETWORK_PREFIX)) \
-  $(if $(APP),-e @$(APP_FILE) -e kit_app_dir=$(dir $(APP_FILE))))
-APP_FILE = $(abspath $(if $(filter %.yml %.yaml,$(APP)),$(APP),$(APP)/celery-kit.yml))
+  $(if $(APP),-e @$(APP_FILE) -e kit_app_dir=$(patsubst %/,%,$(dir $(APP_FILE)))))
+# make deploy ENV=aws runs its playbooks from celery-kit aws: same settings.
+export KIT_ANSIBLE_SETTINGS := $(EXTRA_VARS)
 PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 # On AWS, commands that reach the hosts run with the region, tags and
 # bastion address the aws inventory reads (from Terraform's outputs).

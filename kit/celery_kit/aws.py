@@ -35,6 +35,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = [str(ROOT / "scripts" / "terraform.sh")]
 TFVARS = ROOT / "terraform" / "terraform.tfvars"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,20}$")
+# make exports the -e arguments of the settings given on its command line.
+SETTINGS_ENV = "KIT_ANSIBLE_SETTINGS"
 WAIT_DELAY_SECONDS = 15
 WAIT_MAX_ATTEMPTS = 40
 
@@ -262,11 +265,14 @@ def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
         return 0
     env = ansible_env(settings, outputs)
     inventory = ["-i", "inventories/aws"]
+    # The user's settings from make's command line (BROKER=, APP=, ...): the
+    # same -e arguments make passes to the local playbooks.
+    settings_args = shlex.split(os.environ.get(SETTINGS_ENV, ""))
     step(f"Ansible: waiting for SSH through the bastion {outputs['bastion_public_ip']}")
     run(["ansible", *inventory, "all", "-m", "ansible.builtin.wait_for_connection", "-a", "timeout=600"], env)
     step("Ansible: site.yml")
-    run(["ansible-playbook", *inventory, "playbooks/site.yml"], env)
-    run(["ansible-playbook", *inventory, "playbooks/summary.yml"], env)
+    run(["ansible-playbook", *inventory, *settings_args, "playbooks/site.yml"], env)
+    run(["ansible-playbook", *inventory, *settings_args, "playbooks/summary.yml"], env)
     return 0
 
 

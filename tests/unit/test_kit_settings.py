@@ -40,7 +40,7 @@ def _kit():
 
 
 def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
-    queues = {queue.name: queue for queue in build_queues(_kit()["kit_queues"])}
+    queues = {queue.name: queue for queue in build_queues(_kit()["kit_sample_queues"])}
     assert set(queues) == {"default", "emails", "priority"}
     for queue in queues.values():
         assert queue.durable is True
@@ -54,7 +54,7 @@ def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
 def test_exchanges_are_topic_exchanges_as_native_delayed_delivery_needs():
     # Celery only delays in the broker through topic (or fanout) exchanges;
     # with a direct one a countdown task would wait in a worker's memory.
-    for queue in build_queues(_kit()["kit_queues"]):
+    for queue in build_queues(_kit()["kit_sample_queues"]):
         assert queue.exchange.type == "topic"
     settings = build_settings(_config())
     assert settings["task_default_exchange_type"] == "topic"
@@ -130,7 +130,7 @@ def test_rabbitmq_consumer_timeout_follows_the_time_limit_not_the_countdown():
         'rabbitmq_consumer_timeout_ms: "{{ (kit_broker_queues | length + 1)'
         ' * (kit_task_time_limit | int + 30) * 1000 }}"' in wiring
     )
-    queues = len(kit["kit_queues"]) + 1  # the kit's health queue in front
+    queues = len(kit["kit_sample_queues"]) + 1  # the kit's health queue in front
     timeout_seconds = (queues + 1) * (kit["kit_task_time_limit"] + 30)
     assert timeout_seconds > (queues + 1) * kit["kit_task_time_limit"]
     assert "kit_max_countdown" not in wiring.split("rabbitmq_consumer_timeout_ms:")[1].splitlines()[0]

@@ -20,7 +20,7 @@ from kombu.transport.native_delayed_delivery import (
 from celery_kit.topology import build_queues
 
 ROOT = Path(__file__).resolve().parents[2]
-KIT_QUEUES = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())["kit_queues"]
+KIT_QUEUES = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())["kit_sample_queues"]
 
 
 class RecordingChannel:

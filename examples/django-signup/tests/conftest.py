@@ -25,6 +25,7 @@ sys.path[:0] = [str(EXAMPLE), str(KIT)]
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="django-signup-tests-"))
 atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+ENVIRONMENT_BEFORE = dict(os.environ)
 os.environ.update(
     {
         "DJANGO_SETTINGS_MODULE": "signup.settings",
@@ -57,6 +58,12 @@ celery_app.conf.task_always_eager = True
 celery_app.conf.task_eager_propagates = True
 # Lets GET /tasks/<id> read the state of a task that ran eagerly.
 celery_app.conf.task_store_eager_result = True
+
+# Django is set up; put the environment back, so that the processes other
+# tests start in the same session (a Celery app with Django's fixup reads
+# DJANGO_SETTINGS_MODULE) do not inherit this project's.
+os.environ.clear()
+os.environ.update(ENVIRONMENT_BEFORE)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import redis.exceptions
 from celery.utils import uuid
 from django.contrib.auth.models import User
 
+from signup.celery import app as celery_app
 from users import tasks
 
 # What publishing raises when the task queue is not there: kombu wraps the
@@ -39,8 +40,13 @@ def queue_welcome(user: User) -> dict[str, str]:
     anything is published: the outbox that replaces this will store them in
     the signup's transaction.
     """
+    # Taken from the project's app rather than called through the
+    # shared_task proxies: a proxy resolves to Celery's current app, which is
+    # whichever app was created last in this thread.
+    send_welcome_email = celery_app.tasks[tasks.send_welcome_email.name]
+    track_signup = celery_app.tasks[tasks.track_signup.name]
     email_task = uuid()
     analytics_task = uuid()
-    tasks.send_welcome_email.apply_async((user.username, user.email), task_id=email_task)
-    tasks.track_signup.apply_async((user.username,), task_id=analytics_task)
+    send_welcome_email.apply_async((user.username, user.email), task_id=email_task)
+    track_signup.apply_async((user.username,), task_id=analytics_task)
     return {"email_task": email_task, "analytics_task": analytics_task}
