@@ -173,13 +173,13 @@ def signup(request: HttpRequest) -> JsonResponse:
     except IntegrityError:
         return _error(409, f"the username {username} is taken")
     except PublishFailed as error:
-        # The user exists, but no welcome email is queued for it (a retried
-        # signup gets 409). The durable outbox that will replace
-        # users.publish closes this gap.
+        # The user exists, but its welcome email (or its analytics event, the
+        # second publish) is not queued, and a retried signup gets 409. The
+        # durable outbox that will replace users.publish closes this gap.
         logger.error("user %s created, but its tasks could not be queued: %s", username, error.__cause__)
         return _error(
             503,
-            "the account was created, but the welcome email could not be queued: the task queue is unavailable",
+            "the account was created, but the task queue is unavailable: its welcome email may not be sent",
             user=username,
         )
     except DatabaseError as error:  # locked past the timeout, disk full, file unreadable
