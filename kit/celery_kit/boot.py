@@ -55,4 +55,31 @@ def load() -> Celery:
         raise AppNotFound(f"{APP_ENV} is not set: it names the Celery app to run (package.module:attribute)")
     app = import_app(spec)
     configure(app, deployment_module.load())
+    # Celery's current app is per thread, with an unconfigured fallback: a
+    # task proxy used in a gunicorn thread would publish through it. The
+    # configured app is everybody's default.
+    app.set_default()
     return app
+
+
+def producer_mode(app: Celery) -> None:
+    """Settings of a web process that publishes tasks and reads their state.
+
+    Workers wait for a restarting Redis before they store a result
+    (result_backend_always_retry); a request must not hang: reading a state
+    while Redis is down raises at once, and the web app answers 503.
+    Celery's Redis result backend would also subscribe to every published
+    task id (unsubscribing when its result object is collected): unbounded
+    in a long-lived producer, and blocking a publish while Redis is
+    unreachable. Celery keeps one backend per thread (gunicorn serves from
+    threads), so every backend the app makes is built without it.
+    """
+    app.conf.result_backend_always_retry = False
+    make_backend = app._get_backend
+
+    def backend_without_subscriptions() -> object:
+        backend = make_backend()
+        backend.on_task_call = lambda producer, task_id: None
+        return backend
+
+    app._get_backend = backend_without_subscriptions

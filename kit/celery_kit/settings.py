@@ -24,6 +24,7 @@ that says so still gets late acks; a task that says so is refused).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -75,6 +76,14 @@ TASK_GUARANTEES = {
     "reject_on_worker_lost": "task_reject_on_worker_lost",
     "acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
 }
+# Environment variables Celery reads over the app's configuration (and so
+# over the kit's): an app environment must not set them.
+ENVIRONMENT_OVERRIDES = (
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+    "CELERY_RESULT_BACKEND",
+)
 # The transport option behind publisher confirms, on RabbitMQ.
 CONFIRM_REASON = "a publish returns before RabbitMQ has taken the message, so a broker failure loses it"
 
@@ -193,10 +202,11 @@ def _differs_from_celery(conf: Any, key: str) -> bool:
     return conf.get(key) != CELERY_DEFAULTS.get(key)
 
 
-def apply(app: Celery, deployment: dict[str, Any]) -> Outcome:
+def apply(app: Celery, deployment: dict[str, Any], environ: dict[str, str] | None = None) -> Outcome:
     """Apply the kit's settings to app (before its tasks are bound) and say what it refuses."""
     conf = app.conf
     outcome = Outcome()
+    outcome.problems.extend(environment_problems(os.environ if environ is None else environ))
     changes: dict[str, Any] = {}
     for key, value in deployment_settings(deployment).items():
         if key == "broker_transport_options":
@@ -217,20 +227,35 @@ def apply(app: Celery, deployment: dict[str, Any]) -> Outcome:
             outcome.kept.append(key)
         else:
             changes[key] = value
-    limit = deployment["task_time_limit"]
-    for key in ("task_time_limit", "task_soft_time_limit"):
-        seconds = _seconds(changes.get(key, conf.get(key)))
-        if seconds is not None and seconds > limit:
-            outcome.problems.append(
-                f"{key}={seconds:g} exceeds the deployment's task time limit ({limit} s, kit_task_time_limit):"
-                " RabbitMQ's consumer timeout and the workers' stop timeout are derived from it"
-            )
+    outcome.problems.extend(limit_problems({**dict(conf), **changes}, deployment))
     changes["task_routes"] = _routes_with_health(conf.get("task_routes"))
     changes["celery_kit"] = deployment
     conf.update(changes)
     _register_health_task(app)
     outcome.problems.extend(route_problems(conf.get("task_routes"), deployment))
     return outcome
+
+
+def environment_problems(environ: Any) -> list[str]:
+    return [
+        f"environment variable {name} is set: Celery would use it over the deployment's"
+        for name in ENVIRONMENT_OVERRIDES
+        if environ.get(name)
+    ]
+
+
+def limit_problems(effective: dict[str, Any], deployment: dict[str, Any]) -> list[str]:
+    """Time limits above the deployment's (its consumer and stop timeouts follow from it)."""
+    limit = deployment["task_time_limit"]
+    problems = []
+    for key in ("task_time_limit", "task_soft_time_limit"):
+        seconds = _seconds(effective.get(key))
+        if seconds is not None and seconds > limit:
+            problems.append(
+                f"{key}={seconds:g} exceeds the deployment's task time limit ({limit} s, kit_task_time_limit):"
+                " RabbitMQ's consumer timeout and the workers' stop timeout are derived from it"
+            )
+    return problems
 
 
 def _routes_with_health(routes: Any) -> Any:

@@ -3,7 +3,9 @@
 CELERY_KIT_WSGI names the team's WSGI callable ("package.module:attribute",
 the value of kit_app_wsgi). celery_kit.app is loaded first, so the Celery app the
 web app publishes through has the deployment's broker, publisher confirms
-and queues before the first request.
+and queues before the first request, and the producer's settings
+(celery_kit.boot.producer_mode: no hang while Redis is down, no result
+subscriptions).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import os
 
 from celery_kit.app import app as celery_app
+from celery_kit.boot import producer_mode
 
 WSGI_ENV = "CELERY_KIT_WSGI"
 __all__ = ["application", "celery_app"]
@@ -23,4 +26,5 @@ def load_wsgi(spec: str) -> object:
     return getattr(module, attribute or "application")
 
 
+producer_mode(celery_app)
 application = load_wsgi(os.environ.get(WSGI_ENV) or "")

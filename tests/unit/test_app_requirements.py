@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = {
     "kit/requirements.txt": [Requirement("celery[redis]"), Requirement("gunicorn")],
     "examples/taskapp/requirements.txt": [Requirement("celery[redis]"), Requirement("flask")],
+    "examples/django-signup/requirements.txt": [Requirement("celery[redis]"), Requirement("django")],
 }
 HOST_PYTHON = {"python_version": "3.13", "python_full_version": "3.13.5", "sys_platform": "linux"}
 

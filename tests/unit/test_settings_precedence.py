@@ -85,6 +85,14 @@ def test_an_app_setting_that_breaks_a_guarantee_is_refused_by_name(conf, named):
     assert named in str(refused.value)
 
 
+def test_an_environment_that_would_override_the_broker_is_refused():
+    # Celery reads CELERY_BROKER_URL over the app's configuration, the kit's included.
+    outcome = settings.apply(_app(), deployment_settings(), environ={"CELERY_BROKER_URL": "redis://elsewhere"})
+    assert outcome.problems == [
+        "environment variable CELERY_BROKER_URL is set: Celery would use it over the deployment's"
+    ]
+
+
 def test_a_task_that_acknowledges_early_is_refused_by_name():
     app = _app()
     boot.configure(app, deployment_settings())

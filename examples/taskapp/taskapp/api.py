@@ -24,6 +24,7 @@ from celery import Celery
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from celery_kit.boot import producer_mode
 from celery_kit.settings import HEALTH_TASK
 from celery_kit.topology import PRIORITY_MAX, PRIORITY_MIN, broker_priority
 from taskapp import tasks
@@ -143,23 +144,9 @@ def create_api(celery_app: Celery) -> Flask:
     api.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # The deployment's settings, which celery_kit.boot put on the app.
     settings = celery_app.conf.celery_kit
-    # Workers wait for Redis to come back; the API answers 503 at once
-    # instead (set before the result backend is first used).
-    celery_app.conf.result_backend_always_retry = False
-    # The API never blocks on a result: GET /tasks/<id> reads it. Celery's
-    # Redis result backend would otherwise subscribe to every submitted id
-    # (and unsubscribe when the result object is collected), growing without
-    # bound in a long-lived producer and blocking submissions while Redis is
-    # unreachable. Celery keeps one backend per thread (gunicorn serves from
-    # threads), so every backend this app makes is built without it.
-    make_backend = celery_app._get_backend
-
-    def backend_without_subscriptions() -> Any:
-        backend = make_backend()
-        backend.on_task_call = lambda producer, task_id: None
-        return backend
-
-    celery_app._get_backend = backend_without_subscriptions
+    # Requests never wait for Redis, nor subscribe to results (the kit's
+    # producer settings; celery_kit.wsgi applies them too).
+    producer_mode(celery_app)
     queue_names = [queue["name"] for queue in settings["queues"]]
 
     def error(status: int, message: str) -> tuple[Any, int]:
