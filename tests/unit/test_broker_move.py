@@ -26,16 +26,20 @@ import pytest
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 from kombu.transport.native_delayed_delivery import calculate_routing_key
+from kombu.utils.json import dumps as kombu_dumps
 
+from celery_kit import envelopes as env
 from celery_kit import mover as bm
+from celery_kit import moves as mv
 from celery_kit import rabbit as rb
+from celery_kit import redis_broker as rb_
 from celery_kit.topology import broker_priority
 
 FIXTURES = Path(__file__).parent / "fixtures" / "broker_move"
 MOVE = [sys.executable, "-m", "celery_kit.cli", "move"]
 ROOT = Path(__file__).resolve().parents[2]
-QUEUES = (bm.QueueSpec("default"), bm.QueueSpec("emails"), bm.QueueSpec("priority"))
-SETTINGS = bm.Settings("redis://:pw@redis:6379/0", "amqp://celery:pw@rabbitmq:5672/%2Fcelery", QUEUES, "dead-letter")
+QUEUES = (env.QueueSpec("default"), env.QueueSpec("emails"), env.QueueSpec("priority"))
+SETTINGS = env.Settings("redis://:pw@redis:6379/0", "amqp://celery:pw@rabbitmq:5672/%2Fcelery", QUEUES, "dead-letter")
 # Task ids of the fixtures submitted with an API priority (the others have none).
 API_PRIORITY = {"002": 9, "003": 0, "004": 5, "008": 3, "104": 8, "106": 7, "108": 6}
 # Headers that differ between two submissions of the same task.
@@ -90,7 +94,7 @@ def test_redis_message_becomes_what_the_app_publishes_to_rabbitmq(task):
     key, envelope = redis_fixture_envelopes()[task]
     native = amqp_fixture_messages()[task]
     queue = native["delivery_info"]["routing_key"]
-    message = bm.envelope_to_amqp(envelope, queue)
+    message = env.envelope_to_amqp(envelope, queue)
 
     # a chained signature in the body names the sending app's reply queue, as reply_to does
     reply_to, native_reply_to = envelope["properties"]["reply_to"], native["properties"]["reply_to"]
@@ -109,7 +113,7 @@ def test_redis_message_becomes_what_the_app_publishes_to_rabbitmq(task):
     for name in set(headers) - PER_SUBMISSION_HEADERS:
         assert headers[name] == native_headers[name], name
     assert bool(headers["eta"]) == bool(native_headers["eta"])
-    assert key == bm.redis_list_key(queue, envelope["properties"]["priority"])
+    assert key == env.redis_list_key(queue, envelope["properties"]["priority"])
 
 
 @pytest.mark.parametrize("task", sorted(amqp_fixture_messages()))
@@ -118,7 +122,7 @@ def test_rabbitmq_message_becomes_what_the_app_puts_on_redis(task):
     message = amqp_fixture_messages()[task]
     queue = message["queue"]
     body = base64.b64decode(message["body_base64"])
-    envelope = bm.amqp_to_envelope(body, message["properties"], queue, "tag-1")
+    envelope = env.amqp_to_envelope(body, message["properties"], queue, "tag-1")
 
     assert set(envelope) == set(native)
     assert set(envelope["properties"]) == set(native["properties"])
@@ -135,7 +139,7 @@ def test_rabbitmq_message_becomes_what_the_app_puts_on_redis(task):
     assert props["priority"] == 9 - message["properties"]["priority"]
     if task in API_PRIORITY:
         assert props["priority"] == native["properties"]["priority"] == broker_priority(API_PRIORITY[task], "redis")
-        assert bm.redis_list_key(queue, props["priority"]) == native_key
+        assert env.redis_list_key(queue, props["priority"]) == native_key
     for name in set(envelope["headers"]) - PER_SUBMISSION_HEADERS:
         assert envelope["headers"][name] == native["headers"][name], name
 
@@ -143,13 +147,13 @@ def test_rabbitmq_message_becomes_what_the_app_puts_on_redis(task):
 def test_round_trips_keep_the_message():
     for key, envelope in redis_fixture_envelopes().values():
         queue = key.split(":")[0]
-        message = bm.envelope_to_amqp(envelope, queue)
-        back = bm.amqp_to_envelope(message.body, message.properties, queue, envelope["properties"]["delivery_tag"])
+        message = env.envelope_to_amqp(envelope, queue)
+        back = env.amqp_to_envelope(message.body, message.properties, queue, envelope["properties"]["delivery_tag"])
         assert back == envelope
     for native in amqp_fixture_messages().values():
         body = base64.b64decode(native["body_base64"])
-        envelope = bm.amqp_to_envelope(body, native["properties"], native["queue"], "t")
-        again = bm.envelope_to_amqp(envelope, native["queue"])
+        envelope = env.amqp_to_envelope(body, native["properties"], native["queue"], "t")
+        again = env.envelope_to_amqp(envelope, native["queue"])
         assert again.body == body
         assert again.properties == native["properties"]
 
@@ -157,10 +161,10 @@ def test_round_trips_keep_the_message():
 def test_kombu_reads_the_envelope_as_the_message_that_was_sent():
     native = amqp_fixture_messages()["007"]
     body = base64.b64decode(native["body_base64"])
-    envelope = bm.amqp_to_envelope(body, native["properties"], "default", "tag-7")
+    envelope = env.amqp_to_envelope(body, native["properties"], "default", "tag-7")
     with Connection("memory://") as connection:
         channel = connection.default_channel
-        message = channel.Message(json.loads(bm.kombu_dumps(envelope)), channel=channel)
+        message = channel.Message(json.loads(kombu_dumps(envelope)), channel=channel)
         assert message.body == body
         assert message.decode() == json.loads(body)
         assert message.headers["id"] == native["properties"]["application_headers"]["id"]
@@ -174,29 +178,29 @@ def test_list_keys_are_kombus_with_the_apps_transport_options():
     channel = SimpleNamespace(priority_steps=list(range(10)), sep=":")
     channel.priority = lambda n: kombu_redis.Channel.priority(channel, n)
     for priority in range(10):
-        assert bm.redis_list_key("priority", priority) == kombu_redis.Channel._q_for_pri(channel, "priority", priority)
-    assert bm.redis_list_keys("default") == ["default", *(f"default:{n}" for n in range(1, 10))]
+        assert env.redis_list_key("priority", priority) == kombu_redis.Channel._q_for_pri(channel, "priority", priority)
+    assert env.redis_list_keys("default") == ["default", *(f"default:{n}" for n in range(1, 10))]
 
 
 @pytest.mark.parametrize("api", range(10))
 def test_priority_translation_matches_the_api_on_both_brokers(api):
     on_redis, on_rabbitmq = broker_priority(api, "redis"), broker_priority(api, "rabbitmq")
-    assert bm.other_broker_priority(on_redis) == on_rabbitmq
-    assert bm.other_broker_priority(on_rabbitmq) == on_redis
+    assert env.other_broker_priority(on_redis) == on_rabbitmq
+    assert env.other_broker_priority(on_rabbitmq) == on_redis
 
 
 @pytest.mark.parametrize(("stored", "moved"), [(None, 9), ("x", 9), (-3, 9), (10, 0), (255, 0), ("4", 5)])
 def test_priority_is_clamped_as_kombu_clamps_it(stored, moved):
-    assert bm.other_broker_priority(stored) == moved
+    assert env.other_broker_priority(stored) == moved
 
 
 def test_unacked_entries_route_to_their_queue():
-    routes = [bm.unacked_route(raw) for raw in load("redis_unacked.json")["unacked"].values()]
-    queues = sorted(bm.queue_for_route(exchange, key, QUEUES) for _, exchange, key in routes)
+    routes = [rb_.unacked_route(raw) for raw in load("redis_unacked.json")["unacked"].values()]
+    queues = sorted(env.queue_for_route(exchange, key, QUEUES) for _, exchange, key in routes)
     assert queues == ["default", "default", "priority", "priority"]
-    assert bm.queue_for_route("tasks", "emails", QUEUES) == "emails"
-    assert bm.queue_for_route("other", "emails", QUEUES) is None
-    assert bm.unacked_route(b"not json") is None
+    assert env.queue_for_route("tasks", "emails", QUEUES) == "emails"
+    assert env.queue_for_route("other", "emails", QUEUES) is None
+    assert rb_.unacked_route(b"not json") is None
 
 
 @pytest.mark.parametrize(
@@ -210,15 +214,15 @@ def test_unacked_entries_route_to_their_queue():
     ],
 )
 def test_what_is_not_a_kombu_message_is_refused(envelope):
-    with pytest.raises(bm.UnmovableMessage):
-        bm.envelope_to_amqp(envelope, "default")
+    with pytest.raises(env.UnmovableMessage):
+        env.envelope_to_amqp(envelope, "default")
 
 
 def test_message_key_tells_a_retry_from_a_redelivery():
     headers = {"id": "abc", "retries": 0}
-    assert bm.message_key(b"body", headers) == bm.message_key(b"body", dict(headers))
-    assert bm.message_key(b"body", headers) != bm.message_key(b"body", {"id": "abc", "retries": 1})
-    assert bm.message_key(b"body", headers).startswith("abc:")
+    assert env.message_key(b"body", headers) == env.message_key(b"body", dict(headers))
+    assert env.message_key(b"body", headers) != env.message_key(b"body", {"id": "abc", "retries": 1})
+    assert env.message_key(b"body", headers).startswith("abc:")
 
 
 # --------------------------------------------------------------------------
@@ -240,7 +244,7 @@ def write_config(tmp_path: Path, **overrides: Any) -> str:
 
 def test_configuration_is_read(tmp_path):
     settings = bm.load_settings(write_config(tmp_path))
-    assert settings.queues == (bm.QueueSpec("default", "tasks"), bm.QueueSpec("priority", "tasks"))
+    assert settings.queues == (env.QueueSpec("default", "tasks"), env.QueueSpec("priority", "tasks"))
     assert settings.dead_letter_queue == "dead-letter"
 
 
@@ -255,7 +259,7 @@ def test_configuration_is_read(tmp_path):
     ],
 )
 def test_bad_configuration_is_refused_naming_the_key(tmp_path, overrides, message):
-    with pytest.raises(bm.MoveError, match=message):
+    with pytest.raises(env.MoveError, match=message):
         bm.load_settings(write_config(tmp_path, **overrides))
 
 
@@ -428,7 +432,7 @@ class FakeRedis:
 
     # server
     def client_list(self) -> list[dict[str, Any]]:
-        return [{"name": bm.CLIENT_NAME, "db": "0", "cmd": "client|list", "addr": "me"}, *self.clients]
+        return [{"name": rb_.CLIENT_NAME, "db": "0", "cmd": "client|list", "addr": "me"}, *self.clients]
 
     # transactions: commands queue up until execute(), then run one after another
     def pipeline(self, transaction: bool = True) -> FakePipeline:
@@ -472,7 +476,7 @@ class FakeRabbit:
     """
 
     def __init__(self, queue_names: list[str]) -> None:
-        queue_names = [*queue_names, *bm.DELAY_QUEUES]
+        queue_names = [*queue_names, *env.DELAY_QUEUES]
         self.queues: dict[str, deque] = {name: deque() for name in queue_names}
         self.consumers: dict[str, int] = dict.fromkeys(queue_names, 0)
         self.unacked: list[tuple[int, str, SimpleNamespace]] = []
@@ -481,17 +485,17 @@ class FakeRabbit:
 
     def queue_state(self, name: str) -> tuple[int, int]:
         if name not in self.queues:
-            raise bm.MoveError(f"queue {name!r} does not exist on RabbitMQ")
+            raise env.MoveError(f"queue {name!r} does not exist on RabbitMQ")
         return len(self.queues[name]), self.consumers[name]
 
     def exchange_exists(self, name: str) -> bool:
-        return name == bm.DELAY_ENTRY_EXCHANGE
+        return name == env.DELAY_ENTRY_EXCHANGE
 
     def publish(self, messages: list[rb.AmqpMessage]) -> None:
         self.publish_calls += 1
         for message in messages:
-            assert message.exchange in ("", bm.DELAY_ENTRY_EXCHANGE)
-            queue = bm.DELAY_QUEUES[0] if message.exchange else message.routing_key
+            assert message.exchange in ("", env.DELAY_ENTRY_EXCHANGE)
+            queue = env.DELAY_QUEUES[0] if message.exchange else message.routing_key
             self.queues[queue].append(
                 SimpleNamespace(
                     body=message.body,
@@ -541,7 +545,7 @@ def crash(monkeypatch):
     def exit_now(code: int) -> None:
         raise Crashed(code)
 
-    monkeypatch.setattr(bm.os, "_exit", exit_now)
+    monkeypatch.setattr(mv.os, "_exit", exit_now)
 
 
 def loaded_redis(unacked: bool = True) -> FakeRedis:
@@ -552,8 +556,8 @@ def loaded_redis(unacked: bool = True) -> FakeRedis:
     if unacked:
         dump = load("redis_unacked.json")
         for tag, raw in dump["unacked"].items():
-            client.hset(bm.UNACKED_KEY, tag, raw)
-        client.zadd(bm.UNACKED_INDEX_KEY, dict(dump["unacked_index"]))
+            client.hset(rb_.UNACKED_KEY, tag, raw)
+        client.zadd(rb_.UNACKED_INDEX_KEY, dict(dump["unacked_index"]))
     for key in ("_kombu.binding.tasks", "_kombu.binding.celeryev", "_kombu.binding_permanent.tasks"):
         client.sadd(key, "member")
     return client
@@ -570,15 +574,15 @@ def rabbit_from_fixture() -> FakeRabbit:
 
 
 def forward(client: FakeRedis, rabbit: FakeRabbit, **options: Any) -> dict[str, Any]:
-    return bm.RedisToRabbit(client, rabbit, SETTINGS, bm.MoveOptions(**options)).run()
+    return mv.RedisToRabbit(client, rabbit, SETTINGS, mv.MoveOptions(**options)).run()
 
 
 def backward(client: FakeRedis, rabbit: FakeRabbit, **options: Any) -> dict[str, Any]:
-    return bm.RabbitToRedis(client, rabbit, SETTINGS, bm.MoveOptions(**options)).run()
+    return mv.RabbitToRedis(client, rabbit, SETTINGS, mv.MoveOptions(**options)).run()
 
 
 def journal_keys(client: FakeRedis) -> list[str]:
-    return [key for key in client.data if key.startswith(bm.JOURNAL_PREFIX)]
+    return [key for key in client.data if key.startswith(rb_.JOURNAL_PREFIX)]
 
 
 # --------------------------------------------------------------------------
@@ -626,9 +630,9 @@ def test_crash_after_publish_republishes_the_unconfirmed_and_loses_nothing(crash
         forward(client, rabbit, batch=3, fail_after_publish=3)
     # RabbitMQ has the three, and Redis still holds them in flight: nothing is lost
     assert rabbit.ids("default") == ["001", "005", "007"]
-    assert client.llen(bm.INFLIGHT_KEY.format(queue="default")) == 3
-    counts = bm.redis_counts(client, QUEUES)
-    assert counts["inflight"] == 3 and bm.redis_left(counts) == 10
+    assert client.llen(rb_.INFLIGHT_KEY.format(queue="default")) == 3
+    counts = rb_.redis_counts(client, QUEUES)
+    assert counts["inflight"] == 3 and rb_.redis_left(counts) == 10
     summary = forward(client, rabbit)
     assert (summary["found"], summary["moved"], summary["possible_duplicates"], summary["remaining"]) == (10, 10, 3, 0)
     assert rabbit.ids("default") == ["001", "005", "007", "001", "005", "007", "009", "011", "008"]
@@ -641,8 +645,8 @@ def test_crash_while_moving_unacked_entries_keeps_them_in_flight(crash):
         forward(client, rabbit, batch=3, fail_after_publish=3)
     # the first three held entries: default's two confirmed and dropped, priority's one confirmed, not dropped
     assert rabbit.ids("default") == ["105", "107"] and rabbit.ids("priority") == ["106"]
-    assert client.llen(bm.INFLIGHT_KEY.format(queue="priority")) == 1
-    assert len(client.data[bm.UNACKED_KEY]) == 1
+    assert client.llen(rb_.INFLIGHT_KEY.format(queue="priority")) == 1
+    assert len(client.data[rb_.UNACKED_KEY]) == 1
     summary = forward(client, rabbit)
     assert (summary["found"], summary["moved"], summary["possible_duplicates"], summary["remaining"]) == (12, 12, 1, 0)
     assert rabbit.ids("priority")[:3] == ["106", "106", "108"]
@@ -653,15 +657,15 @@ def test_an_element_that_is_no_kombu_message_is_kept_aside():
     client.lpush("emails", b"not json at all")
     summary = forward(client, rabbit)
     assert (summary["moved"], summary["unmovable"], summary["remaining"]) == (10, 1, 1)
-    assert client.data[bm.UNMOVABLE_KEY] == [b"not json at all"]
+    assert client.data[rb_.UNMOVABLE_KEY] == [b"not json at all"]
 
 
 def test_an_unacked_entry_of_another_queue_stays():
     client, rabbit = loaded_redis(unacked=False), FakeRabbit(["default", "emails", "priority", "dead-letter"])
-    client.hset(bm.UNACKED_KEY, "t1", json.dumps([{"properties": {}}, "", "celery"]))
+    client.hset(rb_.UNACKED_KEY, "t1", json.dumps([{"properties": {}}, "", "celery"]))
     summary = forward(client, rabbit)
     assert summary["remaining"] == 1
-    assert bm.redis_counts(client, QUEUES)["unacked_other"] == 1
+    assert rb_.redis_counts(client, QUEUES)["unacked_other"] == 1
 
 
 @pytest.mark.parametrize(
@@ -674,7 +678,7 @@ def test_an_unacked_entry_of_another_queue_stays():
 def test_move_to_rabbitmq_refuses_while_a_redis_worker_consumes(client_entry, reason):
     client, rabbit = loaded_redis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
     client.clients.append(client_entry)
-    with pytest.raises(bm.MoveError, match=reason):
+    with pytest.raises(env.MoveError, match=reason):
         forward(client, rabbit)
     assert rabbit.ids("default") == [] and client.llen("default") == 5
 
@@ -687,7 +691,7 @@ def test_consuming_connections_are_counted_per_host():
         {"name": "", "db": "0", "cmd": "psubscribe", "psub": "1", "addr": "10.0.0.7:3"},
         {"name": "", "db": "0", "cmd": "brpop", "addr": "10.0.0.8:1"},
     ]
-    assert bm.redis_consumers(client) == ["10.0.0.7 (2 in BRPOP, 1 subscribed)", "10.0.0.8 (1 in BRPOP, 0 subscribed)"]
+    assert rb_.redis_consumers(client) == ["10.0.0.7 (2 in BRPOP, 1 subscribed)", "10.0.0.8 (1 in BRPOP, 0 subscribed)"]
 
 
 def test_a_producer_or_another_database_does_not_block_the_move():
@@ -696,26 +700,26 @@ def test_a_producer_or_another_database_does_not_block_the_move():
         {"name": "", "db": "0", "cmd": "lpush", "addr": "api"},
         {"name": "", "db": "1", "cmd": "brpop", "addr": "results"},
     ]
-    assert bm.redis_blockers(client) == []
+    assert rb_.redis_blockers(client) == []
 
 
 def test_move_to_rabbitmq_refuses_while_kombu_restores_unacked_messages():
     client = loaded_redis()
-    client.set(bm.UNACKED_MUTEX_KEY, "token")
-    with pytest.raises(bm.MoveError, match="unacked_mutex is held"):
+    client.set(rb_.UNACKED_MUTEX_KEY, "token")
+    with pytest.raises(env.MoveError, match="unacked_mutex is held"):
         forward(client, FakeRabbit(["default", "emails", "priority", "dead-letter"]))
 
 
 def test_one_mover_at_a_time():
     client = loaded_redis()
-    client.set(bm.LOCK_KEY, "other-host:12:x")
-    with pytest.raises(bm.MoveError, match="another mover holds"):
+    client.set(rb_.LOCK_KEY, "other-host:12:x")
+    with pytest.raises(env.MoveError, match="another mover holds"):
         forward(client, FakeRabbit(["default", "emails", "priority", "dead-letter"]))
     assert client.llen("default") == 5
 
 
 def test_move_to_rabbitmq_needs_the_queues_declared():
-    with pytest.raises(bm.MoveError, match="does not exist"):
+    with pytest.raises(env.MoveError, match="does not exist"):
         forward(loaded_redis(), FakeRabbit(["default", "emails", "dead-letter"]))
 
 
@@ -726,7 +730,7 @@ def test_move_to_rabbitmq_needs_the_queues_declared():
 def kombu_serving_order(client: FakeRedis, queue: str) -> list[str]:
     """Pop a queue as kombu's Redis _get does: sub-queue 0 first, from the right."""
     order = []
-    for key in bm.redis_list_keys(queue):
+    for key in env.redis_list_keys(queue):
         while (raw := client.rpop(key)) is not None:
             order.append(short_id(json.loads(raw)["headers"]))
     return order
@@ -755,7 +759,7 @@ def test_crash_between_redis_write_and_ack_moves_each_message_once(crash):
     with pytest.raises(Crashed):
         backward(client, rabbit, batch=4, fail_after_publish=4)
     rabbit.crash()
-    assert sum(client.llen(key) for key in list(client.data) if not key.startswith(bm.JOURNAL_PREFIX)) == 4
+    assert sum(client.llen(key) for key in list(client.data) if not key.startswith(rb_.JOURNAL_PREFIX)) == 4
     assert len(rabbit.queues["default"]) == 6  # written to Redis but not acknowledged: delivered again
     summary = backward(client, rabbit)
     assert (summary["found"], summary["moved"], summary["skipped_duplicates"], summary["remaining"]) == (10, 6, 4, 0)
@@ -767,7 +771,7 @@ def test_limit_on_the_way_back_keeps_the_journal_for_the_next_run():
     client, rabbit = FakeRedis(), rabbit_from_fixture()
     first = backward(client, rabbit, limit=3)
     assert (first["moved"], first["remaining"]) == (3, 7)
-    assert client.scard(bm.MOVED_KEY) == 3
+    assert client.scard(rb_.MOVED_KEY) == 3
     second = backward(client, rabbit)
     assert (second["moved"], second["remaining"]) == (7, 0)
     assert journal_keys(client) == []
@@ -776,7 +780,7 @@ def test_limit_on_the_way_back_keeps_the_journal_for_the_next_run():
 def test_move_to_redis_refuses_while_rabbitmq_workers_consume():
     client, rabbit = FakeRedis(), rabbit_from_fixture()
     rabbit.consumers["priority"] = 2
-    with pytest.raises(bm.MoveError, match="RabbitMQ workers still consume: priority \\(2\\)"):
+    with pytest.raises(env.MoveError, match="RabbitMQ workers still consume: priority \\(2\\)"):
         backward(client, rabbit)
     assert client.data == {}
 
@@ -884,7 +888,7 @@ def test_move_verify_cleanup_through_the_command_line(brokers, capsys):
 
 def test_errors_are_one_json_line_and_exit_2(brokers, capsys):
     run, client, _ = brokers
-    client.set(bm.LOCK_KEY, "elsewhere:1:x")
+    client.set(rb_.LOCK_KEY, "elsewhere:1:x")
     code, lines = run(capsys, "move", "--direction", "redis-to-rabbitmq")
     assert code == 2
     assert len(lines) == 1
@@ -899,7 +903,7 @@ def test_errors_are_one_json_line_and_exit_2(brokers, capsys):
 
 
 def test_progress_lines_come_every_so_many_messages(monkeypatch, capsys):
-    monkeypatch.setattr(bm, "PROGRESS_EVERY_MESSAGES", 4)
+    monkeypatch.setattr(mv, "PROGRESS_EVERY_MESSAGES", 4)
     client, rabbit = loaded_redis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
     forward(client, rabbit, batch=2)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -949,7 +953,7 @@ def fake_rabbit(answer) -> tuple[rb.Rabbit, FakeAmqpChannel]:
 
 def some_messages(count: int) -> list[rb.AmqpMessage]:
     envelope = redis_fixture_envelopes()["004"][1]
-    return [bm.envelope_to_amqp(envelope, "priority")] * count
+    return [env.envelope_to_amqp(envelope, "priority")] * count
 
 
 def test_a_batch_is_published_mandatory_and_waits_for_every_confirm():
@@ -1023,7 +1027,7 @@ def test_a_redis_eta_task_still_due_enters_the_brokers_delay_queues_with_the_del
     now = datetime.now(UTC)
     envelope = eta_envelope(0)
     envelope["headers"]["eta"] = (now + timedelta(seconds=89.2)).isoformat()
-    message = bm.envelope_to_amqp(envelope, "emails", now=now)
+    message = env.envelope_to_amqp(envelope, "emails", now=now)
     # What Celery publishes for a 90 s countdown: kombu's delay exchange and
     # the delay's 28 bits before the queue's key; the ETA header stays.
     assert message.exchange == "celery_delayed_27"
@@ -1036,7 +1040,7 @@ def test_a_redis_eta_task_that_is_due_goes_to_its_queue(seconds):
     now = datetime.now(UTC)
     envelope = eta_envelope(0)
     envelope["headers"]["eta"] = (now + timedelta(seconds=seconds)).isoformat()
-    message = bm.envelope_to_amqp(envelope, "default", now=now)
+    message = env.envelope_to_amqp(envelope, "default", now=now)
     expected = ("celery_delayed_27", calculate_routing_key(1, "default")) if seconds > 0 else ("", "default")
     assert (message.exchange, message.routing_key) == expected
 
@@ -1048,8 +1052,8 @@ def test_move_to_rabbitmq_puts_due_later_tasks_in_the_delay_queues():
     before = len(rabbit.queues["default"])
     summary = forward(client, rabbit)
     assert summary["moved"] == 2
-    (delayed,) = rabbit.queues[bm.DELAY_QUEUES[0]]
-    assert bm.delayed_destination(delayed.routing_key) == "default"
+    (delayed,) = rabbit.queues[env.DELAY_QUEUES[0]]
+    assert env.delayed_destination(delayed.routing_key) == "default"
     assert len(rabbit.queues["default"]) == before + 1
 
 
@@ -1057,10 +1061,10 @@ def test_move_to_redis_takes_the_waiting_countdown_tasks_out_of_the_delay_queues
     client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
     for queue in ("emails", "default"):
         envelope = eta_envelope(300, queue)
-        rabbit.publish([bm.envelope_to_amqp(envelope, queue)])
+        rabbit.publish([env.envelope_to_amqp(envelope, queue)])
     summary = backward(client, rabbit)
     assert summary["moved"] == 2 and summary["remaining"] == 0 and summary["unroutable"] == 0
-    assert all(not rabbit.queues[name] for name in bm.DELAY_QUEUES)
+    assert all(not rabbit.queues[name] for name in env.DELAY_QUEUES)
     for queue in ("emails", "default"):
         (raw,) = [raw for key, raws in client.data.items() if key.split(":")[0] == queue for raw in raws]
         assert json.loads(raw)["headers"]["eta"], "the ETA stays: the Redis worker holds the task until it is due"
@@ -1069,8 +1073,8 @@ def test_move_to_redis_takes_the_waiting_countdown_tasks_out_of_the_delay_queues
 
 def test_a_delayed_message_for_no_app_queue_stays_in_the_broker():
     client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
-    rabbit.publish([bm.envelope_to_amqp(eta_envelope(300, "elsewhere"), "elsewhere")])
+    rabbit.publish([env.envelope_to_amqp(eta_envelope(300, "elsewhere"), "elsewhere")])
     summary = backward(client, rabbit)
     assert summary["unroutable"] == 1 and summary["moved"] == 0
     rabbit.close()
-    assert len(rabbit.queues[bm.DELAY_QUEUES[0]]) == 1
+    assert len(rabbit.queues[env.DELAY_QUEUES[0]]) == 1
