@@ -145,8 +145,8 @@ terraform: venv ## terraform fmt/validate/test (mocked provider), checkov scan, 
 	scripts/terraform.sh init -input=false -backend=false
 	scripts/terraform.sh validate
 	scripts/terraform.sh test
-	scripts/tf-scan.sh
-	scripts/tf-moto-test.sh
+	tests/terraform/scan.sh
+	tests/terraform/moto-apply.sh
 
 molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotence, verify with fault tests), migration (Redis -> RabbitMQ cluster and back) and apps (the Django example: signup, migration, dead-letter replay)
 	scripts/ensure-docker.sh

@@ -3,7 +3,7 @@
 #
 # Every rule explains itself twice: in its description (what the console's
 # rule list shows) and in its tags Name and Purpose. The tags are there
-# because moto (the kit's integration test, scripts/tf-moto-test.sh) loses
+# because moto (the kit's integration test, tests/terraform/moto-apply.sh) loses
 # the description of rules whose source is a security group, while it keeps
 # their tags; those rules ignore later changes of their description, so a
 # plan against moto stays empty. Real AWS still gets every description when a

@@ -1,4 +1,4 @@
-"""Stages of the moto run (scripts/tf-moto-test.sh selects one with -m)."""
+"""Stages of the moto run (tests/terraform/moto-apply.sh selects one with -m)."""
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
 """The aws inventory (inventories/aws) against deployments made by terraform/.
 
-Run by scripts/tf-moto-test.sh, which applies terraform/ twice into one moto
+Run by tests/terraform/moto-apply.sh, which applies terraform/ twice into one moto
 server (environments "ci" and "other"), runs the tests marked deployed
 while ci is up and those marked destroyed after its destroy, and sets:
 
@@ -30,10 +30,10 @@ GROUPS = ("rabbitmq", "redis", "workers", "api")
 BASTION = "198.51.100.10"  # a documentation address: never dialled
 
 if "KIT_TF_TEST_EXPECT" not in os.environ:
-    pytest.skip("run by scripts/tf-moto-test.sh (needs its moto server and deployments)", allow_module_level=True)
+    pytest.skip("run by tests/terraform/moto-apply.sh (needs its moto server and deployments)", allow_module_level=True)
 
 EXPECT = json.loads(Path(os.environ["KIT_TF_TEST_EXPECT"]).read_text())
-# scripts/tf-moto-test.sh selects the tests of each stage with -m.
+# tests/terraform/moto-apply.sh selects the tests of each stage with -m.
 deployed = pytest.mark.deployed
 destroyed = pytest.mark.destroyed
 

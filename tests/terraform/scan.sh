@@ -2,7 +2,7 @@
 # Static security scan of terraform/ with checkov, offline.
 #
 # checkov lives in its own virtualenv, .cache/checkov-venv, made here when it
-# is missing or its pins changed (scripts/tf-scan-constraints.txt), so its
+# is missing or its pins changed (tests/terraform/scan-constraints.txt), so its
 # large dependency tree never meets the kit's .venv.
 #
 # Policy: every failed check fails the scan. Without a Prisma Cloud API key
@@ -13,17 +13,17 @@
 # A skip without a reason fails the scan; the skips are listed on every run.
 # Nothing is sent anywhere: no API key is passed on, the update check is off.
 #
-# Usage: scripts/tf-scan.sh   (PYTHON=python3.x to pick the interpreter)
+# Usage: tests/terraform/scan.sh   (PYTHON=python3.x to pick the interpreter)
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 python="${PYTHON:-python3}"
 venv="$root/.cache/checkov-venv"
-constraints="$root/scripts/tf-scan-constraints.txt"
+constraints="$root/tests/terraform/scan-constraints.txt"
 checkov_version="$(sed -n 's/^checkov==//p' "$constraints")"
 started=$(date +%s)
 
 if [ ! -x "$venv/bin/checkov" ] || ! cmp -s "$constraints" "$venv/.constraints"; then
-  echo "=== tf-scan: installing checkov $checkov_version into ${venv#"$root"/}"
+  echo "=== scan: installing checkov $checkov_version into ${venv#"$root"/}"
   if ! "$python" -m venv --help >/dev/null 2>&1; then
     echo "error: $python has no venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2
     exit 2
@@ -38,14 +38,14 @@ fi
 # Every skip carries a reason.
 unexplained="$(grep -rnE '#[[:space:]]*checkov:skip=[A-Z0-9_]+[[:space:]]*(:[[:space:]]*)?$' "$root/terraform" --include='*.tf' || true)"
 if [ -n "$unexplained" ]; then
-  echo "tf-scan: FAILED: a checkov skip without its reason (#checkov:skip=ID:reason):" >&2
+  echo "scan: FAILED: a checkov skip without its reason (#checkov:skip=ID:reason):" >&2
   echo "$unexplained" >&2
   exit 1
 fi
 
 report="$(mktemp)"
 trap 'rm -f "$report" "$report.err"' EXIT
-echo "=== tf-scan: checkov $checkov_version on terraform/"
+echo "=== scan: checkov $checkov_version on terraform/"
 set +e
 env -u BC_API_KEY -u PRISMA_API_URL \
   CKV_SKIP_PACKAGE_UPDATE_CHECK=true CKV_PARSE_ERROR_FAIL=true \
@@ -56,7 +56,7 @@ set -e
 if [ ! -s "$report" ]; then
   cat "$report.err" >&2
   rm -f "$report.err"
-  echo "tf-scan: FAILED: checkov produced no report (exit $checkov_rc)" >&2
+  echo "scan: FAILED: checkov produced no report (exit $checkov_rc)" >&2
   exit 1
 fi
 rm -f "$report.err"
@@ -91,14 +91,14 @@ for check in failed:
     print(f"FAILED  {check['check_id']} {check['resource']} ({where(check)}): {check['check_name']}")
 print(f"checkov: {passed} passed, {len(failed)} failed, {len(skipped)} skipped, {parse_errors} parsing errors")
 if parse_errors or passed == 0:
-    print("tf-scan: FAILED: checkov parsed nothing or failed to parse a file", file=sys.stderr)
+    print("scan: FAILED: checkov parsed nothing or failed to parse a file", file=sys.stderr)
     sys.exit(1)
 if failed:
     print(
-        "tf-scan: FAILED: fix the findings above, or skip one in its resource with the reason:"
+        "scan: FAILED: fix the findings above, or skip one in its resource with the reason:"
         " #checkov:skip=CKV_...:why",
         file=sys.stderr,
     )
     sys.exit(1)
 PY
-echo "=== tf-scan: passed in $(($(date +%s) - started))s"
+echo "=== scan: passed in $(($(date +%s) - started))s"

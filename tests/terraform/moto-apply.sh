@@ -21,9 +21,9 @@
 # address (moto's addresses are made up): the inventory is only listed.
 #
 # Needs .venv (make venv) and Terraform. TF_PROVIDER_MIRROR is used when set
-# (see scripts/terraform.sh). Usage: scripts/tf-moto-test.sh
+# (see scripts/terraform.sh). Usage: tests/terraform/moto-apply.sh
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="$root/.venv"
 started=$(date +%s)
 step_started=$started
@@ -36,11 +36,11 @@ step() {
   fi
   step_name="$1"
   step_started=$now
-  echo "=== tf-moto-test: $1"
+  echo "=== moto-apply: $1"
 }
 
 fail() {
-  echo "tf-moto-test: FAILED: $*" >&2
+  echo "moto-apply: FAILED: $*" >&2
   exit 1
 }
 
@@ -63,7 +63,7 @@ cleanup() {
   fi
   rm -rf "$work"
   echo "--- ${step_name:-start}: $([ $rc = 0 ] && echo "done" || echo FAILED) in $(($(date +%s) - step_started))s"
-  echo "=== tf-moto-test: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $(($(date +%s) - started))s"
+  echo "=== moto-apply: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $(($(date +%s) - started))s"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

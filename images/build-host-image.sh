@@ -13,7 +13,7 @@
 # this machine's apt configuration, or the mirror's debian-security sibling),
 # so the hosts receive Debian's security updates.
 #
-# Usage: scripts/build-host-image.sh [IMAGE]
+# Usage: images/build-host-image.sh [IMAGE]
 # Does nothing when the image already exists; FORCE=1 rebuilds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
