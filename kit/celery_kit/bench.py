@@ -36,15 +36,14 @@ import threading
 import time
 from pathlib import Path
 
+from celery_kit.local import Deployment
+
 # The repository (the kit runs these on the controller, from its checkout).
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from scenarios import Deployment  # noqa: E402 (tests/ is put on the path first)
 
 DEPLOYMENT = "bench"
 # The app's Python as root, with the app's environment (the units' EnvironmentFile).
 APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
-LOAD = ROOT / "tests" / "load.py"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]
 
@@ -160,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     playbook("-e", "celery_broker=redis", "playbooks/site.yml")
     workers = [container("workers", 1), container("workers", 2)]
-    subprocess.run(["docker", "cp", str(LOAD), f"{container('api')}:/root/load.py"], check=True)
 
     # 1. The move of a backlog nobody consumes meanwhile.
     queue_backlog(workers, args.messages, "Redis")
@@ -175,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. The switch under load, workers running.
     monitor = Monitor(workers)
     monitor.start()
-    steady = f"{APP} /root/load.py steady /root/steady-ids /root/stop 20 > /root/steady.json"
+    steady = f"{APP} -m celery_kit.loadgen steady /root/steady-ids /root/stop 20 > /root/steady.json"
     sh(container("api"), f"rm -f /root/stop; nohup sh -c '{steady}' >/dev/null 2>&1 &")
     started = time.monotonic()
     playbook("-e", "migration_target=rabbitmq", "playbooks/migrate-broker.yml")

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable
 
-from scenarios import Deployment, deployment, sh
+from celery_kit.local import Deployment, deployment, sh
 
 KIT = Deployment(deployment("apps"))
 MAIL_DIR = "/var/lib/celery-app/mail"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from scenarios import ROOT, Deployment, deployment, sh
+from celery_kit.local import ROOT, Deployment, deployment, sh
 
 KIT = Deployment(deployment("chaos"))
 RESULTS = ROOT / ".cache" / f"chaos-{KIT.name}.json"

@@ -191,33 +191,28 @@ def wait_for_result(api_host, task_id: str, timeout: float = 60) -> dict[str, An
         time.sleep(0.5)
 
 
-LOAD_SCRIPT = "/root/kit-load.py"
+# The kit's load generator, installed on the hosts with the kit.
+LOADGEN = f"{APP_PYTHON} -m celery_kit.loadgen"
 
 
 class Load:
-    """tests/load.py on the api host: a steady stream of submissions, and their bookkeeping.
-
-    The script is copied onto the host through the command line (base64), so
-    this works over any testinfra connection, docker or SSH.
-    """
+    """celery_kit.loadgen on the api host: a steady stream of submissions, and their bookkeeping."""
 
     def __init__(self, host, name: str) -> None:
         self.host = host
         self.ids = f"/root/{name}.ids"
         self.stop_file = f"/root/{name}.stop"
         self.output = f"/root/{name}.out"
-        script = base64.b64encode((ROOT / "tests/load.py").read_bytes()).decode()
-        host.check_output(f"echo {script} | base64 -d > {LOAD_SCRIPT}")
         host.check_output(f"rm -f {self.ids} {self.stop_file} {self.output}")
 
     def run(self, *args: str) -> dict[str, Any]:
-        out = self.host.check_output(f"{APP_PYTHON} {LOAD_SCRIPT} " + " ".join(shlex.quote(a) for a in args))
+        out = self.host.check_output(f"{LOADGEN} " + " ".join(shlex.quote(a) for a in args))
         return json.loads(out.strip().splitlines()[-1])
 
     def start(self, rate: float, bodies: list[dict[str, Any]]) -> None:
         """Post bodies (in turn) rate times a second until stop()."""
         arguments = " ".join(shlex.quote(json.dumps(body)) for body in bodies)
-        command = f"{APP_PYTHON} {LOAD_SCRIPT} steady {self.ids} {self.stop_file} {rate} {arguments}"
+        command = f"{LOADGEN} steady {self.ids} {self.stop_file} {rate} {arguments}"
         self.host.check_output(f"nohup sh -c {shlex.quote(command + ' > ' + self.output)} >/dev/null 2>&1 &")
 
     def stop(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import re
 import time
 
-from scenarios import Deployment, deployment, put_file, sh
+from celery_kit.local import Deployment, deployment, put_file, sh
 
 KIT = Deployment(deployment("migration"))
 STATE = KIT.state

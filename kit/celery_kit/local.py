@@ -1,8 +1,10 @@
-"""Helpers of the molecule scenarios that drive a local deployment from outside.
+"""Driving a local deployment from outside: its containers, its playbooks, its load.
 
-The migration and chaos scenarios run on the controller and reach their
-hosts (containers named ck-<deployment>-<group>-<n>) with docker exec, and run
-the kit's playbooks against them exactly as make does.
+The molecule scenarios (migration, apps, chaos) and the benchmarks run on
+the controller, reach the hosts (containers named
+ck-<deployment>-<group>-<n>) with docker exec, and run the kit's playbooks
+against them exactly as make does. The load runs on the api host with the
+kit installed there (python -m celery_kit.loadgen).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+# The repository (these run on the controller, from its checkout).
+ROOT = Path(__file__).resolve().parents[2]
 # The app's Python as root, with the app's environment (the units' EnvironmentFile).
 APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
-LOAD = "/root/load.py"
+# The load generator, as the app's Python on a host runs it.
+LOAD = f"{APP} -m celery_kit.loadgen"
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 if not Path(ANSIBLE_PLAYBOOK).exists():
@@ -66,17 +70,15 @@ class Deployment:
         return result
 
     def load(self, *args: str) -> dict:
-        """tests/load.py on the api host (copied there first)."""
+        """celery_kit.loadgen on the api host."""
         api = self.container("api")
-        subprocess.run(["docker", "cp", str(ROOT / "tests/load.py"), f"{api}:{LOAD}"], check=True)
-        return json.loads(sh(api, f"{APP} {LOAD} {' '.join(args)}").strip().splitlines()[-1])
+        return json.loads(sh(api, f"{LOAD} {' '.join(args)}").strip().splitlines()[-1])
 
     def start_steady_load(self, ids: str, stop: str, output: str, rate: float, bodies: list[dict]) -> None:
         """Post bodies, in turn, rate times a second through the API until the file stop exists."""
         api = self.container("api")
-        subprocess.run(["docker", "cp", str(ROOT / "tests/load.py"), f"{api}:{LOAD}"], check=True)
         put_file(api, f"{ids}.bodies", json.dumps(bodies))
-        command = f"{APP} {LOAD} steady {ids} {stop} {rate} @{ids}.bodies > {output}"
+        command = f"{LOAD} steady {ids} {stop} {rate} @{ids}.bodies > {output}"
         sh(api, f"rm -f {stop} {output}; nohup sh -c '{command}' >/dev/null 2>&1 &")
 
     def stop_steady_load(self, stop: str, output: str) -> dict:

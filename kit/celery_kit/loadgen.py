@@ -1,6 +1,7 @@
-"""Load and bookkeeping for the fault tests, run inside the hosts.
+"""Load and bookkeeping of the sample app for the fault tests and benchmarks.
 
-Copied onto an app host (api or worker) and run with the app's venv python:
+Run on an app host (api or worker) with the app's Python and environment,
+where the kit is installed: python -m celery_kit.loadgen ACTION ...
 
   load.py submit SPEC IDS         post every submission of SPEC (JSON list) to
                                   the API on 127.0.0.1:8000; append the ids
