@@ -23,8 +23,9 @@ def test_every_worker_process_answers_ping(group_hosts):
     for worker_host in group_hosts("workers"):
         hostname = worker_host.check_output("hostname")
         for unit in configured_worker_units(worker_host):
-            index = re.search(r"@(\d+)\.", unit).group(1)
-            expected.add(f"worker{index}@{hostname}")
+            # celery-worker-<pool>@<n>.service runs the worker <pool>-<n>@<host>.
+            pool, index = re.search(r"^celery-worker-(.+)@(\d+)\.service$", unit).groups()
+            expected.add(f"{pool}-{index}@{hostname}")
     assert answered == expected
 
 
