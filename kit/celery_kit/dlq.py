@@ -49,6 +49,8 @@ CARRIED_PROPERTIES = (
     "app_id",
 )
 MAX_EXCEPTION_CHARS = 300
+# Celery's native delayed delivery queues (celery_delayed_0 .. 27).
+DELAY_QUEUE_PREFIX = "celery_delayed_"
 
 
 class DlqError(BrokerError):
@@ -84,16 +86,26 @@ def _time(value: Any) -> str | None:
 
 
 def describe(message: amqp.Message) -> dict[str, Any]:
-    """What a dead-lettered Celery message is and where it died (x-death: newest death first)."""
+    """What a dead-lettered Celery message is and where it died.
+
+    x-death holds one entry per (queue, reason), newest first. A countdown or
+    a retry delay passes through Celery's delay queues (celery_delayed_*),
+    each hop an "expired" death of RabbitMQ's own: those are the delay
+    mechanism, not the task's deaths, and are left out.
+    """
     headers = dict(message.properties.get("application_headers") or {})
-    deaths = [dict(death) for death in headers.get("x-death") or []]
-    first = deaths[-1] if deaths else {}
+    deaths = [
+        dict(death)
+        for death in headers.get("x-death") or []
+        if not str(_text(death.get("queue")) or "").startswith(DELAY_QUEUE_PREFIX)
+    ]
+    last = deaths[0] if deaths else {}
     times = [stamp for stamp in (_time(death.get("time")) for death in deaths) if stamp]
     return {
         "task": _text(headers.get("task")),
         "id": _text(headers.get("id")),
-        "queue": _text(headers.get("x-first-death-queue") or first.get("queue")),
-        "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
+        "queue": _text(last.get("queue")),
+        "reason": _text(last.get("reason")),
         "deaths": sum(int(death.get("count", 1)) for death in deaths),
         "first_death": min(times) if times else None,
     }

@@ -74,6 +74,19 @@ def test_a_dead_lettered_message_says_what_it_is_and_where_it_died():
     }
 
 
+def test_the_hops_through_celerys_delay_queues_are_not_deaths():
+    # A task retried with a countdown waited in celery_delayed_1: RabbitMQ
+    # records each hop as an "expired" death; the task died in "email".
+    message = _dead("users.tasks.send_welcome_email", "t-1")
+    headers = message.properties["application_headers"]
+    hop = {"count": 2, "reason": "expired", "queue": "celery_delayed_1", "time": datetime(2026, 11, 23, 19, 59, 0)}
+    headers["x-death"] = [headers["x-death"][0], hop]
+    headers["x-first-death-queue"] = "celery_delayed_1"
+    entry = dlq.describe(message)
+    assert (entry["queue"], entry["reason"], entry["deaths"]) == ("email", "rejected", 1)
+    assert entry["first_death"] == "2026-11-23T20:00:00+00:00"
+
+
 def test_the_replayed_copy_goes_to_its_queue_without_its_death_records():
     copy = dlq.replay_copy(_dead("users.tasks.send_welcome_email", "t-1"), "email")
     assert (copy.exchange, copy.routing_key) == ("", "email")
