@@ -17,67 +17,20 @@ Each command has --help.
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable
 
-
-def _check(argv: list[str]) -> int:
-    from celery_kit import check  # noqa: PLC0415 (each command imports only what it needs)
-
-    return check.main(argv)
-
-
-def _health(argv: list[str]) -> int:
-    from celery_kit import check  # noqa: PLC0415
-
-    return check.health_main(argv)
-
-
-def _move(argv: list[str]) -> int:
-    from celery_kit import mover  # noqa: PLC0415
-
-    return mover.main(argv)
-
-
-def _dlq(argv: list[str]) -> int:
-    from celery_kit import dlq  # noqa: PLC0415
-
-    return dlq.main(argv)
-
-
-def _status(argv: list[str]) -> int:
-    from celery_kit import status  # noqa: PLC0415
-
-    return status.main(["celery-kit status", *argv])
-
-
-def _wheelhouse(argv: list[str]) -> int:
-    from celery_kit import wheelhouse  # noqa: PLC0415
-
-    return wheelhouse.main(argv)
-
-
-def _aws(argv: list[str]) -> int:
-    from celery_kit import aws  # noqa: PLC0415
-
-    return aws.main(argv)
-
-
-def _bench_migration(argv: list[str]) -> int:
-    from celery_kit import bench  # noqa: PLC0415
-
-    return bench.main(argv)
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "check": _check,
-    "health": _health,
-    "move": _move,
-    "dlq": _dlq,
-    "status": _status,
-    "wheelhouse": _wheelhouse,
-    "aws": _aws,
-    "bench-migration": _bench_migration,
+# Each command: the module that implements it and its entry point, imported
+# only when that command runs (the hosts lack the controller's libraries).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("check", "main"),
+    "health": ("check", "health_main"),
+    "move": ("mover", "main"),
+    "dlq": ("dlq", "main"),
+    "status": ("status", "main"),
+    "wheelhouse": ("wheelhouse", "main"),
+    "aws": ("aws", "main"),
+    "bench-migration": ("bench", "main"),
 }
 
 
@@ -86,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__.strip())
         return 0 if argv else 2
-    command = COMMANDS.get(argv[0])
-    if command is None:
+    if argv[0] not in COMMANDS:
         print(f"celery-kit: unknown command {argv[0]!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return command(argv[1:])
+    module, function = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(f"celery_kit.{module}"), function)(argv[1:])
 
 
 if __name__ == "__main__":

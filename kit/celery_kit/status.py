@@ -203,14 +203,14 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) != 1:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
     try:
-        with open(argv[1], encoding="utf-8") as handle:
+        with open(argv[0], encoding="utf-8") as handle:
             status = json.load(handle)
     except (OSError, ValueError) as exc:
-        print(f"error: cannot read {argv[1]}: {exc}", file=sys.stderr)
+        print(f"error: cannot read {argv[0]}: {exc}", file=sys.stderr)
         return 2
     text, code = report(status)
     print(text)
@@ -218,4 +218,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main(sys.argv[1:]))

@@ -134,4 +134,4 @@ def test_aof_off_is_flagged():
 
 
 def test_unreadable_status_file_exits_2(tmp_path):
-    assert status.main(["status.py", str(tmp_path / "missing.json")]) == 2
+    assert status.main([str(tmp_path / "missing.json")]) == 2

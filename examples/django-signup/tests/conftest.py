@@ -17,10 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from signup_environment import EXAMPLE, KIT, data_files
 
-EXAMPLE = Path(__file__).resolve().parents[1]
-# The kit's package (celery_kit.guard), as the deployment installs it beside the app.
-KIT = Path(__file__).resolve().parents[3] / "kit"
 sys.path[:0] = [str(EXAMPLE), str(KIT)]
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="django-signup-tests-"))
@@ -32,9 +30,7 @@ os.environ.update(
         "DJANGO_SECRET_KEY": "test",
         # The host name of Django's test client.
         "DJANGO_ALLOWED_HOSTS": "testserver",
-        "SIGNUP_DATABASE": str(SCRATCH / "db.sqlite3"),
-        "SIGNUP_MAIL_DIR": str(SCRATCH / "mail"),
-        "SIGNUP_ANALYTICS_FILE": str(SCRATCH / "analytics.jsonl"),
+        **data_files(SCRATCH),
     }
 )
 os.environ.pop("DJANGO_DEBUG", None)

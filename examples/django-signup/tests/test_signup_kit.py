@@ -12,11 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from signup_environment import EXAMPLE, KIT, data_files
 
 from celery_kit.deployment import HEALTH_QUEUE
-
-EXAMPLE = Path(__file__).resolve().parents[1]
-KIT = Path(__file__).resolve().parents[3] / "kit"
 
 
 @pytest.fixture
@@ -42,9 +40,7 @@ def host_env(tmp_path):
             "DJANGO_SETTINGS_MODULE": "signup.settings",
             "DJANGO_ALLOWED_HOSTS": "*",
             "DJANGO_SECRET_KEY": "a-secret-generated-per-deployment",
-            "SIGNUP_DATABASE": str(tmp_path / "signup.sqlite3"),
-            "SIGNUP_MAIL_DIR": str(tmp_path / "mail"),
-            "SIGNUP_ANALYTICS_FILE": str(tmp_path / "analytics.jsonl"),
+            **data_files(tmp_path),
             "CELERY_KIT_DEPLOYMENT": str(tmp_path / "deployment.json"),
             "CELERY_KIT_APP": "signup.celery:app",
             "CELERY_KIT_WSGI": "signup.wsgi:application",
@@ -84,7 +80,7 @@ def test_setup_command_then_the_producer_serves_a_signup(host_env, tmp_path):
     # kit_app_setup_commands, as the api hosts run it.
     migrate = run(host_env, "-m", "django", "migrate", "--noinput", cwd=tmp_path)
     assert migrate.returncode == 0, migrate.stderr
-    assert (tmp_path / "signup.sqlite3").exists()
+    assert Path(host_env["SIGNUP_DATABASE"]).exists()
 
     # gunicorn's view of the producer: celery_kit.wsgi:application, called
     # once for /healthz and once for /signup.
