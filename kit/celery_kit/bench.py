@@ -28,24 +28,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from celery_kit.local import Deployment
-
-# The repository (the kit runs these on the controller, from its checkout).
-ROOT = Path(__file__).resolve().parents[2]
+from celery_kit.local import APP, Deployment, sh
 
 DEPLOYMENT = "bench"
-# The app's Python as root, with the app's environment (the units' EnvironmentFile).
-APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-EXTRA = ["-e", "local_publish_ports=false", "-e", "local_network_prefix=172.30.15"]
+KIT = Deployment(DEPLOYMENT)
+container = KIT.container
+EXTRA = ["-e", "local_network_prefix=172.30.15"]
+# Moving a large backlog takes long; a playbook gets this much.
+PLAYBOOK_TIMEOUT_SECONDS = 4 * 3600
 
 ENQUEUE = """
 import sys, time
@@ -59,34 +55,13 @@ print(round(time.monotonic() - started, 1))
 """
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, KIT_LOCAL_DEPLOYMENT=DEPLOYMENT, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-
-
 def playbook(*args: str) -> str:
-    print(f"--- ansible-playbook {' '.join(args)}", flush=True)
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "inventories/local", *EXTRA, *args],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """A playbook against the benchmark's deployment; the benchmark stops when one fails."""
+    result = KIT.playbook(*EXTRA, *args, timeout=PLAYBOOK_TIMEOUT_SECONDS)
     if result.returncode != 0:
         print(result.stdout[-5000:], result.stderr[-2000:])
         raise SystemExit(f"playbook failed: {args}")
     return result.stdout
-
-
-def container(group: str, index: int = 1) -> str:
-    return f"ck-{DEPLOYMENT}-{group}-{index}"
-
-
-def sh(name: str, command: str) -> str:
-    return subprocess.run(
-        ["docker", "exec", name, "bash", "-c", command], capture_output=True, text=True, check=True
-    ).stdout
 
 
 class Monitor(threading.Thread):
@@ -133,7 +108,7 @@ def queue_backlog(workers: list[str], messages: int, broker: str) -> None:
     """Stop the workers, then queue messages on the deployment's current broker."""
     for worker in workers:
         sh(worker, "systemctl stop celery-workers.target")
-    seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {messages}").strip()
+    seconds = sh(workers[0], f"{APP} -c '{ENQUEUE}' {messages}", timeout=PLAYBOOK_TIMEOUT_SECONDS).strip()
     print(f"--- queued {messages} messages in {broker} in {seconds} s", flush=True)
 
 
@@ -182,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor.stop.set()
     monitor.join()
     submitter = json.loads(sh(container("api"), "cat /root/steady.json"))
-    outcome = Deployment(DEPLOYMENT).wait_until_all_ran("/root/steady-ids", timeout=120)
+    outcome = KIT.wait_until_all_ran("/root/steady-ids", timeout=120)
 
     figures = {
         "backlog_queued": args.messages,

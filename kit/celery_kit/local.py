@@ -22,7 +22,9 @@ from pathlib import Path
 # The repository (these run on the controller, from its checkout).
 ROOT = Path(__file__).resolve().parents[2]
 # The app's Python as root, with the app's environment (the units' EnvironmentFile).
-APP = "env $(grep -v ^# /etc/celery-app/app.env | xargs) /opt/celery-app/current/venv/bin/python"
+APP_ENV = "env $(grep -v ^# /etc/celery-app/app.env | xargs)"
+APP_VENV = "/opt/celery-app/current/venv"
+APP = f"{APP_ENV} {APP_VENV}/bin/python"
 # The load generator, as the app's Python on a host runs it.
 LOAD = f"{APP} -m celery_kit.loadgen"
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.

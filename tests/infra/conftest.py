@@ -22,14 +22,15 @@ import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
+from celery_kit.local import APP, APP_ENV, APP_VENV
+
 ROOT = Path(__file__).resolve().parents[2]
 APP_QUEUES = ("health", "default", "emails", "priority")
 DEAD_LETTERED_QUEUES = ("default", "emails", "priority")
-# How the suite runs the app's own tools on a worker host.
-# (as root, with the app's environment: the units' EnvironmentFile)
-APP_ENV = "env $(grep -v ^# /etc/celery-app/app.env | xargs)"
-APP_PYTHON = f"{APP_ENV} /opt/celery-app/current/venv/bin/python"
-CELERY = f"{APP_ENV} /opt/celery-app/current/venv/bin/celery --app celery_kit.app"
+# How the suite runs the app's Python and Celery on a host: as root, with
+# the app's environment (celery_kit.local, as the scenarios do).
+APP_PYTHON = APP
+CELERY = f"{APP_ENV} {APP_VENV}/bin/celery --app celery_kit.app"
 DEAD_LETTER_QUEUE = "dead-letter"
 VHOST = "/celery"
 
