@@ -1,0 +1,154 @@
+"""The rabbitmq role decides from the broker's definitions what it still has
+to declare (roles/rabbitmq/filter_plugins/definitions.py): a redeploy that
+changes nothing declares nothing, and anything missing or different is
+declared, or refused when RabbitMQ cannot change it in place."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible_run import run_playbook
+
+from celery_kit.topology import build_queues
+
+ROOT = Path(__file__).resolve().parents[2]
+VHOST = "/celery"
+KIT_QUEUES = yaml.safe_load((ROOT / "playbooks/group_vars/all/kit.yml").read_text())["kit_sample_queues"]
+
+_spec = importlib.util.spec_from_file_location("definitions", ROOT / "roles/rabbitmq/filter_plugins/definitions.py")
+definitions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(definitions)
+
+# A user RabbitMQ 4.0.5 created with `rabbitmqctl add_user fixture 'correct
+# horse'`, as GET /api/definitions reports it.
+RABBITMQ_USER = {
+    "name": "fixture",
+    "password_hash": "ROIlmKmogKpFwrzMnaIJTzgw07tMA91YD1FR+YnUNoewCuoZ",
+    "hashing_algorithm": "rabbit_password_hashing_sha256",
+    "tags": [],
+    "limits": {},
+}
+
+
+def broker_with(users=(), permissions=()) -> dict[str, Any]:
+    return {"users": list(users), "permissions": list(permissions)}
+
+
+def full_rights(user: str) -> dict[str, str]:
+    return {"user": user, "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*"}
+
+
+def test_the_password_hash_rabbitmq_stored_is_recognised():
+    assert definitions.password_matches(
+        RABBITMQ_USER["password_hash"], "correct horse", RABBITMQ_USER["hashing_algorithm"]
+    )
+    assert not definitions.password_matches(
+        RABBITMQ_USER["password_hash"], "correct horse!", RABBITMQ_USER["hashing_algorithm"]
+    )
+    assert not definitions.password_matches(RABBITMQ_USER["password_hash"], "correct horse", "unknown")
+    assert not definitions.password_matches("not base64!", "correct horse", RABBITMQ_USER["hashing_algorithm"])
+
+
+def test_a_sha512_hash_is_recognised_too():
+    salt = b"\x01\x02\x03\x04"
+    stored = base64.b64encode(salt + hashlib.sha512(salt + b"pw").digest()).decode()
+    assert definitions.password_matches(stored, "pw", "rabbit_password_hashing_sha512")
+
+
+def test_a_user_in_place_needs_its_password_tags_and_full_rights():
+    broker = broker_with([RABBITMQ_USER], [full_rights("fixture")])
+    assert definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST)
+    assert not definitions.user_in_place(broker, "fixture", "another password", [], VHOST)
+    assert not definitions.user_in_place(broker, "fixture", "correct horse", ["administrator"], VHOST)
+    assert not definitions.user_in_place(broker, "someone", "correct horse", [], VHOST)
+    assert not definitions.user_in_place(broker, "fixture", "correct horse", [], "/other")
+    read_only = broker_with([RABBITMQ_USER], [dict(full_rights("fixture"), write="^$")])
+    assert not definitions.user_in_place(read_only, "fixture", "correct horse", [], VHOST)
+    # Nothing read (the administrator could not log in): declare everything.
+    assert not definitions.user_in_place({}, "fixture", "correct horse", [], VHOST)
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory) -> dict[str, Any]:
+    rendered = tmp_path_factory.mktemp("role") / "rendered.json"
+    result = run_playbook(
+        "tests/unit/playbooks/render-rabbitmq-vars.yml", {"rendered_file": str(rendered), "rabbitmq_queues": KIT_QUEUES}
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(rendered.read_text())["topology"]
+
+
+def exported(topology: dict[str, Any], vhost: str = VHOST) -> dict[str, Any]:
+    """The topology as GET /api/definitions reports it once declared."""
+    broker = {kind: [dict(item, vhost=vhost) for item in items] for kind, items in copy.deepcopy(topology).items()}
+    for policy in broker["policies"]:  # the broker reports numbers as numbers
+        policy["priority"] = int(policy["priority"])
+        policy["definition"] = {
+            key: int(value) if str(value).lstrip("-").isdigit() else value
+            for key, value in policy["definition"].items()
+        }
+    return broker
+
+
+def nothing(diff: dict[str, Any]) -> bool:
+    return not diff["conflicts"] and not any(diff["missing"].values())
+
+
+def test_a_broker_that_has_everything_gets_nothing_declared(topology):
+    assert nothing(definitions.definitions_diff(topology, exported(topology), VHOST))
+
+
+def test_an_empty_vhost_gets_everything(topology):
+    diff = definitions.definitions_diff(topology, exported(topology, "/other"), VHOST)
+    assert diff["missing"] == topology
+    assert diff["conflicts"] == []
+
+
+def test_only_what_is_missing_is_declared(topology):
+    broker = exported(topology)
+    broker["queues"] = [q for q in broker["queues"] if q["name"] != "emails"]
+    broker["bindings"] = [b for b in broker["bindings"] if b["destination"] != "emails"]
+    diff = definitions.definitions_diff(topology, broker, VHOST)
+    assert [q["name"] for q in diff["missing"]["queues"]] == ["emails"]
+    assert {(b["source"], b["destination"]) for b in diff["missing"]["bindings"]} == {("tasks", "emails")}
+    assert diff["missing"]["exchanges"] == diff["missing"]["policies"] == []
+
+
+def test_a_policy_changed_by_hand_is_put_back(topology):
+    broker = exported(topology)
+    broker["policies"][0]["definition"]["delivery-limit"] = 5
+    diff = definitions.definitions_diff(topology, broker, VHOST)
+    assert [p["name"] for p in diff["missing"]["policies"]] == [topology["policies"][0]["name"]]
+
+
+def test_a_queue_with_other_arguments_is_refused_by_name(topology):
+    broker = exported(topology)
+    emails = next(q for q in broker["queues"] if q["name"] == "emails")
+    emails["arguments"] = {}  # declared classic by somebody else
+    diff = definitions.definitions_diff(topology, broker, VHOST)
+    assert len(diff["conflicts"]) == 1
+    assert "queue emails" in diff["conflicts"][0]
+    assert diff["missing"]["queues"] == []
+
+
+def test_an_exchange_of_another_type_is_refused_by_name(topology):
+    broker = exported(topology)
+    next(e for e in broker["exchanges"] if e["name"] == "tasks")["type"] = "direct"
+    diff = definitions.definitions_diff(topology, broker, VHOST)
+    assert ["exchange tasks" in c for c in diff["conflicts"]] == [True]
+
+
+def test_the_role_declares_the_app_queues_as_celery_declares_them(topology):
+    # A worker redeclares its queues at start; other arguments would make
+    # RabbitMQ refuse it (PRECONDITION_FAILED).
+    declared = {q["name"]: q["arguments"] for q in topology["queues"]}
+    for queue in build_queues(KIT_QUEUES):
+        assert declared[queue.name] == (queue.queue_arguments or {})
