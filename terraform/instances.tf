@@ -21,16 +21,31 @@ data "aws_ami" "debian" {
 locals {
   ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian[0].id
 
-  # One entry per host: "workers-2" => { group = "workers", index = 1, ... }
-  hosts = merge([
-    for group in local.groups : {
-      for index in range(var.hosts[group].count) : "${group}-${index + 1}" => {
-        group         = group
-        index         = index
-        instance_type = var.hosts[group].instance_type
+  # One entry per host: "workers-2" => { group = "workers", index = 1, ... };
+  # the hosts of worker_groups are workers too: "workers-reports-1" =>
+  # { group = "workers", worker_group = "reports", ... }.
+  hosts = merge(concat(
+    [
+      for group in local.groups : {
+        for index in range(var.hosts[group].count) : "${group}-${index + 1}" => {
+          group         = group
+          worker_group  = group == "workers" ? "default" : null
+          index         = index
+          instance_type = var.hosts[group].instance_type
+        }
       }
-    }
-  ]...)
+    ],
+    [
+      for name, worker_group in var.worker_groups : {
+        for index in range(worker_group.count) : "workers-${name}-${index + 1}" => {
+          group         = "workers"
+          worker_group  = name
+          index         = index
+          instance_type = worker_group.instance_type
+        }
+      }
+    ]
+  )...)
 }
 
 # A RabbitMQ cluster survives the loss of a zone only if the nodes in the
@@ -76,7 +91,9 @@ resource "aws_instance" "host" {
     delete_on_termination = true
   }
 
-  tags        = merge(local.tags, { Name = "${local.name}-${each.key}", Role = each.value.group })
+  # WorkerGroup (worker hosts only) names the inventory group
+  # workers_<WorkerGroup> that worker pools run on.
+  tags        = merge(local.tags, { Name = "${local.name}-${each.key}", Role = each.value.group }, each.value.worker_group == null ? {} : { WorkerGroup = each.value.worker_group })
   volume_tags = merge(local.tags, { Name = "${local.name}-${each.key}", Role = each.value.group })
 
   # The AMI lookup takes the newest Debian image, and a new AMI replaces an

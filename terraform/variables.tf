@@ -93,6 +93,25 @@ variable "hosts" {
   }
 }
 
+variable "worker_groups" {
+  description = "More groups of worker hosts besides hosts.workers, each with its own count and instance type, so worker pools scale apart: { reports = { count = 2, instance_type = \"c6i.large\" } }. Their hosts are workers like the others (same security group, inventory group workers) and also form the inventory group workers_<name>, which a worker pool names as its hosts. hosts.workers form workers_default."
+  type = map(object({
+    count         = optional(number, 1)
+    instance_type = optional(string, "t3.small")
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for name, group in var.worker_groups : can(regex("^[a-z][a-z0-9]{0,19}$", name)) && name != "default"])
+    error_message = "worker_groups names must be lower-case letters and digits (at most 20, a letter first), other than \"default\" (the name of hosts.workers): they become inventory groups workers_<name>."
+  }
+
+  validation {
+    condition     = alltrue([for group in var.worker_groups : group.count >= 1 && group.count <= 50])
+    error_message = "Each of worker_groups needs 1 to 50 hosts."
+  }
+}
+
 variable "bastion_instance_type" {
   description = "Instance type of the SSH bastion."
   type        = string

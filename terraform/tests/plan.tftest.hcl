@@ -244,6 +244,45 @@ run "counts_follow_the_hosts_variable" {
   }
 }
 
+run "worker_groups_add_worker_hosts_of_their_own" {
+  command = apply
+
+  variables {
+    worker_groups = {
+      reports = { count = 2, instance_type = "c6i.large" }
+    }
+  }
+
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "workers" && lookup(h.tags, "WorkerGroup", "") == "reports" && h.instance_type == "c6i.large"]) == 2
+    error_message = "two c6i.large workers tagged WorkerGroup reports"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "workers" && lookup(h.tags, "WorkerGroup", "") == "default"]) == 2
+    error_message = "hosts.workers tagged WorkerGroup default"
+  }
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] != "workers" && contains(keys(h.tags), "WorkerGroup")]) == 0
+    error_message = "only worker hosts carry a WorkerGroup tag"
+  }
+  assert {
+    condition     = alltrue([for h in aws_instance.host : h.vpc_security_group_ids == toset([aws_security_group.group["workers"].id]) if h.tags["Role"] == "workers"])
+    error_message = "every worker host, of any group, in the workers security group"
+  }
+}
+
+run "a_worker_group_named_default_is_refused" {
+  command = plan
+
+  variables {
+    worker_groups = {
+      default = { count = 1 }
+    }
+  }
+
+  expect_failures = [var.worker_groups]
+}
+
 run "a_single_rabbitmq_node_is_accepted" {
   command = plan
 

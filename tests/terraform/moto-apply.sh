@@ -160,8 +160,10 @@ common_vars=(-var "region=$AWS_REGION" -var "operator_cidr=203.0.113.0/24" -var 
 ci_vars=("${common_vars[@]}" -var "environment=ci")
 ci_counts='{"rabbitmq": 3, "redis": 1, "workers": 2, "api": 1}'
 ci_az_count=3
+# other: the smallest sizes, and a second group of worker hosts.
 other_vars=("${common_vars[@]}" -var "environment=other"
-  -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=1},api={count=1}}')
+  -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=1},api={count=1}}'
+  -var 'worker_groups={reports={count=2,instance_type="t3.medium"}}')
 
 in_workspace() {
   local workspace="$1"

@@ -97,6 +97,23 @@ def test_groups_hold_exactly_the_deployments_hosts():
 
 
 @deployed
+def test_worker_groups_are_inventory_groups_that_pools_can_name():
+    # other: hosts.workers (1) and worker_groups.reports (2 t3.medium).
+    other = EXPECT["other"]
+    listing = inventory(other["environment"])
+    prefix = f"{EXPECT['project']}-{other['environment']}-"
+    assert hosts(listing, "workers_default") == {f"{prefix}workers-1"}
+    assert hosts(listing, "workers_reports") == {f"{prefix}workers-reports-1", f"{prefix}workers-reports-2"}
+    # They are workers like the others (security group, the workers roles).
+    assert hosts(listing, "workers") == hosts(listing, "workers_default") | hosts(listing, "workers_reports")
+    hostvars = listing["_meta"]["hostvars"]
+    assert {hostvars[host]["ec2_instance_type"] for host in hosts(listing, "workers_reports")} == {"t3.medium"}
+    # No other host is in a workers_ group.
+    worker_groups = [group for group in listing if group.startswith("workers_")]
+    assert sorted(worker_groups) == ["workers_default", "workers_reports"]
+
+
+@deployed
 def test_hosts_are_named_by_their_name_tag():
     listing = inventory(EXPECT["environment"])
     prefix = f"{EXPECT['project']}-{EXPECT['environment']}-"

@@ -31,6 +31,7 @@ def _run(playbook: str, extra_vars: dict):
         ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 5}]}, "max_priority"),
         ("rabbitmq", {"rabbitmq_cluster_hosts": ["localhost", "elsewhere"]}, "rabbitmq_cluster_hosts"),
         ("rabbitmq", {"rabbitmq_delivery_limit": 0}, "rabbitmq_delivery_limit"),
+        ("rabbitmq", {"rabbitmq_plugins": ["prometheus"]}, "rabbitmq_plugins"),
         ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
         ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
     ],
@@ -59,3 +60,12 @@ def test_unknown_broker_stops_site_yml_on_the_controller():
     assert result.returncode != 0
     assert "celery_broker must be rabbitmq or redis" in output
     assert not (ROOT / ".state" / "input-validation").exists()
+
+
+def test_a_pool_on_a_group_without_hosts_stops_site_yml_on_the_controller():
+    pools = [{"name": "reports", "queues": [], "processes": 1, "concurrency": 1, "hosts": "workers_reports"}]
+    result = _run("playbooks/site.yml", {"kit_worker_pools": pools, "kit_environment": "input-validation"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Worker pool reports runs on the hosts of group workers_reports, and the inventory has none" in output
+    assert "changed=0" in output
