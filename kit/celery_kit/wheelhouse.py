@@ -13,7 +13,9 @@ requirements file when it has one; the kit's pins (kit/requirements.txt)
 constrain the packages both use, so the app and the kit agree on Celery.
 
 The archive is named after a fingerprint of all of that: when nothing
-changed, the deploy finds it and builds nothing.
+changed, the deploy finds it and builds nothing. The directory keeps the
+KEPT archives used last (several deployments and apps share it); an older
+one is built again if it is ever asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SKIPPED_SUFFIXES = (".pyc", ".pyo", ".sqlite3", ".log")
 GIT_SOURCE = re.compile(r"^git\+(?P<url>[^@#]+?)(?:@(?P<ref>[^#]+))?(?:#.*)?$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 MANIFEST = "celery-kit-wheelhouse.json"
+KEPT = 8
 
 
 class WheelhouseError(RuntimeError):
@@ -136,6 +139,7 @@ def build(args: argparse.Namespace) -> dict[str, str]:
     wheelhouse_id = fingerprint(args)
     archive = out / f"wheelhouse-{wheelhouse_id}.tar"
     if archive.exists():
+        archive.touch()  # used now: kept longest
         with tarfile.open(archive) as tar:
             member = tar.extractfile(f"./{MANIFEST}")
             assert member is not None
@@ -166,7 +170,15 @@ def build(args: argparse.Namespace) -> dict[str, str]:
                 with path.open("rb") as handle:
                     tar.addfile(info, handle)
         partial.rename(archive)
+    remove_unused(out)
     return manifest
+
+
+def remove_unused(out: Path) -> None:
+    """Remove the archives beyond the KEPT used last."""
+    archives = sorted(out.glob("wheelhouse-*.tar"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in archives[KEPT:]:
+        old.unlink()
 
 
 def main(argv: list[str]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -78,3 +79,15 @@ def test_an_existing_wheelhouse_is_reused_without_building(tmp_path, monkeypatch
     assert len(calls) == 1  # the download of the dependencies
     assert wheelhouse.build(args) == first
     assert len(calls) == 1, "nothing is downloaded again for the same sources"
+
+
+def test_only_the_archives_used_last_are_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for age in range(wheelhouse.KEPT + 3):  # age 0: used last
+        archive = out / f"wheelhouse-{age:04d}.tar"
+        archive.write_bytes(b"tar")
+        os.utime(archive, (1_000_000 - age, 1_000_000 - age))
+    wheelhouse.remove_unused(out)
+    kept = sorted(path.name for path in out.iterdir())
+    assert kept == [f"wheelhouse-{age:04d}.tar" for age in range(wheelhouse.KEPT)]
