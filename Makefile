@@ -94,9 +94,11 @@ status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Re
 
 MIGRATE := $(ON_HOSTS) $(PLAYBOOK) $(if $(filter 1 yes true,$(DRY_RUN)),-e migration_dry_run=true) playbooks/migrate-broker.yml
 
+# Locally, the RabbitMQ hosts to move onto: RABBITMQ_HOSTS, else those the
+# deployment has, else one (as for a new RabbitMQ-broker deployment).
 migrate: check-env venv ## Move the deployment from the Redis broker to RabbitMQ, losing no task (DRY_RUN=1: plan only)
 ifeq ($(ENV),local)
-	$(if $(filter 1 yes true,$(DRY_RUN)),,$(PLAYBOOK) -e '{"local_groups": ["rabbitmq"]}' -e local_rabbitmq_hosts=$(or $(RABBITMQ_HOSTS),1) playbooks/local-hosts.yml)
+	$(if $(filter 1 yes true,$(DRY_RUN)),,$(PLAYBOOK) -e '{"local_groups": ["rabbitmq"]}' -e celery_broker=rabbitmq playbooks/local-hosts.yml)
 endif
 	$(MIGRATE) -e migration_target=rabbitmq
 
