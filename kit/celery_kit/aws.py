@@ -221,12 +221,41 @@ def leaving_brokers(plan: dict) -> list[str]:
     return sorted(names)
 
 
-def let_brokers_leave(settings: Settings, env: dict[str, str], plan_file: Path) -> None:
-    """Drain and forget the RabbitMQ nodes the plan removes, while they still run."""
+def _role(change: dict) -> str | None:
+    state = change.get("change", {}).get("before") or change.get("change", {}).get("after") or {}
+    return (state.get("tags") or {}).get("Role")
+
+
+def broker_shrink_refusal(plan: dict) -> str | None:
+    """Why the plan must not run when it takes a cluster of 3 or more nodes
+    down to one: the nodes leave one at a time, and with 2 left every quorum
+    queue they share stops when the second leaves."""
+    brokers = [
+        change["change"]["actions"]
+        for change in plan.get("resource_changes", [])
+        if change.get("type") == "aws_instance" and _role(change) == "rabbitmq"
+    ]
+    now = sum(1 for actions in brokers if actions != ["create"])
+    after = sum(1 for actions in brokers if actions != ["delete"])
+    if now >= 3 and after == 1:
+        return (
+            f"the plan takes the RabbitMQ cluster from {now} nodes to 1: the nodes leave one at a time, "
+            "and with 2 left every quorum queue stops when the second leaves. Keep hosts.rabbitmq.count "
+            "at 3 or more; to run on one node, deploy another environment and move the tasks to it."
+        )
+    return None
+
+
+def shown_plan(env: dict[str, str], plan_file: Path) -> dict:
     shown = subprocess.run(
         [*TERRAFORM, "show", "-json", str(plan_file)], env=env, cwd=ROOT, check=True, capture_output=True, text=True
     )
-    leaving = leaving_brokers(json.loads(shown.stdout))
+    return json.loads(shown.stdout)
+
+
+def let_brokers_leave(settings: Settings, env: dict[str, str], plan: dict) -> None:
+    """Drain and forget the RabbitMQ nodes the plan removes, while they still run."""
+    leaving = leaving_brokers(plan)
     if not leaving:
         return
     step(f"RabbitMQ: {', '.join(leaving)} leave the cluster before Terraform removes them")
@@ -250,11 +279,16 @@ def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
     if plan.returncode == 1:
         return 1
     if plan.returncode == 2:
+        planned = shown_plan(env, plan_file)
+        refusal = broker_shrink_refusal(planned)
+        if refusal:
+            print(f"celery-kit aws: refused: {refusal} Nothing applied.", file=sys.stderr)
+            return 2
         if not confirmed("Apply this plan?", auto_approve):
             print("Nothing applied.")
             return 1
         if not provision_only:
-            let_brokers_leave(settings, env, plan_file)
+            let_brokers_leave(settings, env, planned)
         step("Terraform: apply")
         run([*TERRAFORM, "apply", "-input=false", str(plan_file)], env)
     else:

@@ -120,6 +120,7 @@ def _instance(key: str, role: str, actions: list[str]) -> dict:
         "change": {
             "actions": actions,
             "before": {"tags": {"Name": name, "Role": role}} if actions != ["create"] else None,
+            "after": {"tags": {"Name": name, "Role": role}} if actions != ["delete"] else None,
         },
     }
 
@@ -142,3 +143,19 @@ def test_the_rabbitmq_nodes_a_plan_removes_or_replaces_leave_the_cluster_first()
         "celery-kit-dev-rabbitmq-4",
         "celery-kit-dev-rabbitmq-5",
     ]
+
+
+def _brokers(*actions: list[str]) -> dict:
+    return {
+        "resource_changes": [_instance(f"rabbitmq-{n}", "rabbitmq", a) for n, a in enumerate(actions, 1)]
+        + [_instance("workers-1", "workers", ["delete"])]
+    }
+
+
+def test_a_plan_that_takes_a_cluster_down_to_one_node_is_refused_before_anything_applies():
+    refusal = _module().broker_shrink_refusal(_brokers(["no-op"], ["delete"], ["delete"]))
+    assert refusal and "from 3 nodes to 1" in refusal
+    assert _module().broker_shrink_refusal(_brokers(["no-op"], ["no-op"], ["no-op"], ["delete"], ["delete"])) is None
+    assert _module().broker_shrink_refusal(_brokers(["no-op"], ["create"], ["create"])) is None  # 1 -> 3
+    assert _module().broker_shrink_refusal(_brokers(["no-op"], ["delete", "create"], ["no-op"])) is None  # replaced
+    assert _module().broker_shrink_refusal(_brokers(["no-op"])) is None  # a single node stays one
