@@ -59,6 +59,12 @@ DEFAULT_BATCH = 500
 PROGRESS_EVERY_MESSAGES = 5000
 PROGRESS_EVERY_SECONDS = 5.0
 CRASH_EXIT_CODE = 70
+# Back to Redis: a delayed message on its way from one delay level to the
+# next (dead-lettered at-least-once, in flight until the next level has
+# confirmed it) is in no queue while a pass reads them, and shows up a
+# moment later; the queues are read again until a pass leaves them empty.
+SWEEPS = 10
+SWEEP_PAUSE_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------
@@ -320,8 +326,12 @@ class RabbitToRedis(Move):
         try:
             self.reporter.found = before["ready"]
             self.reporter.emit("start", found=before["ready"], delayed=before["delayed"])
-            for name in (*DELAY_QUEUES, *(queue.name for queue in self.settings.queues)):
-                self.take_queue(name)
+            for _ in range(SWEEPS):
+                for name in (*DELAY_QUEUES, *(queue.name for queue in self.settings.queues)):
+                    self.take_queue(name)
+                if self.limited or rabbit_counts(self.rabbit, self.settings)["ready"] == 0:
+                    break
+                time.sleep(SWEEP_PAUSE_SECONDS)
             if not self.limited:
                 self.client.delete(MOVED_KEY)
         finally:

@@ -1078,3 +1078,28 @@ def test_a_delayed_message_for_no_app_queue_stays_in_the_broker():
     assert summary["unroutable"] == 1 and summary["moved"] == 0
     rabbit.close()
     assert len(rabbit.queues[env.DELAY_QUEUES[0]]) == 1
+
+
+def test_move_to_redis_reads_the_queues_again_for_a_delayed_message_that_was_between_two_levels(monkeypatch):
+    # While the mover reads the queues, a delayed message is on its way from
+    # one delay level to the next (dead-lettered, not yet confirmed there):
+    # it appears in a level already read. A second pass takes it.
+    monkeypatch.setattr(mv, "SWEEP_PAUSE_SECONDS", 0)
+    client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
+    rabbit.publish([env.envelope_to_amqp(eta_envelope(300, "emails"), "emails")])
+    in_flight = env.envelope_to_amqp(eta_envelope(200, "default"), "default")
+    original_get = rabbit.get
+    arrived = []
+
+    def get(queue: str):
+        message = original_get(queue)
+        if message is None and queue == SETTINGS.queues[-1].name and not arrived:
+            arrived.append(queue)
+            rabbit.publish([in_flight])  # lands in a delay queue read before
+        return message
+
+    monkeypatch.setattr(rabbit, "get", get)
+    summary = backward(client, rabbit)
+    assert arrived, "the message arrived during the first pass"
+    assert summary["moved"] == 2 and summary["remaining"] == 0
+    assert all(not rabbit.queues[name] for name in env.DELAY_QUEUES)
