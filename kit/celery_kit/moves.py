@@ -62,7 +62,9 @@ CRASH_EXIT_CODE = 70
 # Back to Redis: a delayed message on its way from one delay level to the
 # next (dead-lettered at-least-once, in flight until the next level has
 # confirmed it) is in no queue while a pass reads them, and shows up a
-# moment later; the queues are read again until a pass leaves them empty.
+# moment later. The queues are read again, a pause apart, until a pass finds
+# nothing: a count of zero taken right after a pass can miss a message that
+# is still in flight, a whole pass a pause later does not.
 SWEEPS = 10
 SWEEP_PAUSE_SECONDS = 2.0
 
@@ -326,12 +328,12 @@ class RabbitToRedis(Move):
         try:
             self.reporter.found = before["ready"]
             self.reporter.emit("start", found=before["ready"], delayed=before["delayed"])
-            for _ in range(SWEEPS):
-                for name in (*DELAY_QUEUES, *(queue.name for queue in self.settings.queues)):
-                    self.take_queue(name)
-                if self.limited or rabbit_counts(self.rabbit, self.settings)["ready"] == 0:
+            for sweep in range(SWEEPS):
+                if sweep:
+                    time.sleep(SWEEP_PAUSE_SECONDS)
+                got = sum(self.take_queue(name) for name in (*DELAY_QUEUES, *(q.name for q in self.settings.queues)))
+                if self.limited or (sweep and not got):
                     break
-                time.sleep(SWEEP_PAUSE_SECONDS)
             if not self.limited:
                 self.client.delete(MOVED_KEY)
         finally:
@@ -357,17 +359,20 @@ class RabbitToRedis(Move):
         key = delayed_destination(message.delivery_info.get("routing_key", ""))
         return queue_for_route("", key, self.settings.queues) if key is not None else None
 
-    def take_queue(self, source: str) -> None:
+    def take_queue(self, source: str) -> int:
+        """Move what one queue holds; how many messages it got."""
+        got = 0
         while True:
             room = self.room()
             if room <= 0:
                 self.limited = True
-                return
+                return got
             batch = []
             while len(batch) < room and (message := self.rabbit.get(source)) is not None:
                 batch.append(message)
             if not batch:
-                return
+                return got
+            got += len(batch)
             self.write_batch(source, batch)
 
     def write_batch(self, source: str, batch: list[amqp.Message]) -> None:

@@ -1103,3 +1103,24 @@ def test_move_to_redis_reads_the_queues_again_for_a_delayed_message_that_was_bet
     assert arrived, "the message arrived during the first pass"
     assert summary["moved"] == 2 and summary["remaining"] == 0
     assert all(not rabbit.queues[name] for name in env.DELAY_QUEUES)
+
+
+def test_move_to_redis_reads_the_queues_once_more_a_pause_after_a_pass_that_left_them_empty(monkeypatch):
+    # The delayed message is still in flight between two levels when the
+    # first pass ends (every queue reads empty then) and lands during the
+    # pause: only a pass after the pause finds it.
+    client, rabbit = FakeRedis(), FakeRabbit(["default", "emails", "priority", "dead-letter"])
+    rabbit.publish([env.envelope_to_amqp(eta_envelope(300, "emails"), "emails")])
+    in_flight = env.envelope_to_amqp(eta_envelope(200, "default"), "default")
+    pauses = []
+
+    def pause(seconds: float) -> None:
+        if not pauses:
+            rabbit.publish([in_flight])
+        pauses.append(seconds)
+
+    monkeypatch.setattr(mv.time, "sleep", pause)
+    summary = backward(client, rabbit)
+    assert pauses and pauses[0] == mv.SWEEP_PAUSE_SECONDS
+    assert summary["moved"] == 2 and summary["remaining"] == 0
+    assert all(not rabbit.queues[name] for name in env.DELAY_QUEUES)
