@@ -9,7 +9,7 @@
 # plan against moto stays empty. Real AWS still gets every description when a
 # rule is created (to change one, replace the rule: terraform apply -replace).
 locals {
-  groups = ["rabbitmq", "redis", "workers", "api"]
+  groups = ["rabbitmq", "redis", "workers", "api", "monitoring"]
 
   # Service ports: to which group, on which port, from which group, and what.
   service_rules = {
@@ -21,6 +21,13 @@ locals {
     erlang_among_brokers    = { to = "rabbitmq", port = 25672, from = "rabbitmq", what = "Erlang distribution" }
     redis_from_workers      = { to = "redis", port = 6379, from = "workers", what = "Redis" }
     redis_from_api          = { to = "redis", port = 6379, from = "api", what = "Redis" }
+    # The monitoring host scrapes the exporters and RabbitMQ's metrics.
+    rabbitmq_metrics_from_monitoring = { to = "rabbitmq", port = 15692, from = "monitoring", what = "RabbitMQ metrics" }
+    redis_metrics_from_monitoring    = { to = "redis", port = 9121, from = "monitoring", what = "Redis exporter" }
+    node_metrics_rabbitmq            = { to = "rabbitmq", port = 9100, from = "monitoring", what = "node exporter" }
+    node_metrics_redis               = { to = "redis", port = 9100, from = "monitoring", what = "node exporter" }
+    node_metrics_workers             = { to = "workers", port = 9100, from = "monitoring", what = "node exporter" }
+    node_metrics_api                 = { to = "api", port = 9100, from = "monitoring", what = "node exporter" }
   }
 }
 

@@ -69,12 +69,13 @@ variable "az_count" {
 }
 
 variable "hosts" {
-  description = "Per inventory group: how many instances and of which type. rabbitmq: 1 (a single broker) or 3 and more (a cluster, spread over the zones), never 2; by default 3 rabbitmq, 1 redis, 2 workers, 1 api."
+  description = "Per inventory group: how many instances and of which type. rabbitmq: 1 (a single broker) or 3 and more (a cluster, spread over the zones), never 2; monitoring (Prometheus, Alertmanager): 0 or 1; by default 3 rabbitmq, 1 redis, 2 workers, 1 api, 1 monitoring."
   type = object({
-    rabbitmq = optional(object({ count = optional(number, 3), instance_type = optional(string, "t3.medium") }), {})
-    redis    = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
-    workers  = optional(object({ count = optional(number, 2), instance_type = optional(string, "t3.small") }), {})
-    api      = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.micro") }), {})
+    rabbitmq   = optional(object({ count = optional(number, 3), instance_type = optional(string, "t3.medium") }), {})
+    redis      = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
+    workers    = optional(object({ count = optional(number, 2), instance_type = optional(string, "t3.small") }), {})
+    api        = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.micro") }), {})
+    monitoring = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
   })
   default = {}
 
@@ -83,8 +84,9 @@ variable "hosts" {
       var.hosts.rabbitmq.count >= 1, var.hosts.redis.count >= 1,
       var.hosts.workers.count >= 1, var.hosts.api.count >= 1,
       var.hosts.rabbitmq.count <= 9, var.hosts.workers.count <= 50,
+      var.hosts.monitoring.count >= 0, var.hosts.monitoring.count <= 1,
     ])
-    error_message = "Each group needs at least one host; at most 9 rabbitmq and 50 workers."
+    error_message = "Each group needs at least one host (monitoring: 0 or 1); at most 9 rabbitmq and 50 workers."
   }
 
   validation {

@@ -64,6 +64,10 @@ run "default_sizes" {
     error_message = "one api host by default"
   }
   assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "monitoring"]) == 1
+    error_message = "one monitoring host by default"
+  }
+  assert {
     condition     = alltrue([for h in concat(values(aws_instance.host), [aws_instance.bastion]) : h.metadata_options[0].http_tokens == "required"])
     error_message = "every instance requires IMDSv2"
   }
@@ -74,7 +78,7 @@ run "default_sizes" {
   }
   assert {
     condition = alltrue([for h in values(aws_instance.host) :
-    h.tags["Project"] == "celery-kit" && h.tags["Environment"] == "dev" && contains(["rabbitmq", "redis", "workers", "api"], h.tags["Role"])])
+    h.tags["Project"] == "celery-kit" && h.tags["Environment"] == "dev" && contains(["rabbitmq", "redis", "workers", "api", "monitoring"], h.tags["Role"])])
     error_message = "every host carries the Project, Environment and Role tags the inventory groups by"
   }
   assert {
@@ -152,8 +156,14 @@ run "security_groups_are_least_privilege" {
       "${aws_security_group.group["rabbitmq"].id}:25672:${aws_security_group.group["rabbitmq"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["workers"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:15692:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["redis"].id}:9121:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:9100:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["redis"].id}:9100:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["workers"].id}:9100:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["api"].id}:9100:${aws_security_group.group["monitoring"].id}",
     ])
-    error_message = "AMQP/management only from workers and api, Erlang distribution only among brokers, Redis only from workers and api"
+    error_message = "AMQP/management only from workers and api, Erlang distribution only among brokers, Redis only from workers and api, metrics only from the monitoring host"
   }
   assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.api_from_operator.from_port == 8000
@@ -172,7 +182,7 @@ run "security_groups_are_least_privilege" {
     error_message = "every rule explains itself in its description and in its Name and Purpose tags (moto keeps only the tags of group-referencing rules)"
   }
   assert {
-    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 8
+    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 14
     error_message = "every service rule has a Name of its own"
   }
 }
@@ -239,9 +249,36 @@ run "counts_follow_the_hosts_variable" {
     error_message = "five c6i.large workers"
   }
   assert {
-    condition     = length(aws_instance.host) == 10
-    error_message = "3 rabbitmq + 1 redis + 5 workers + 1 api"
+    condition     = length(aws_instance.host) == 11
+    error_message = "3 rabbitmq + 1 redis + 5 workers + 1 api + 1 monitoring"
   }
+}
+
+run "monitoring_can_be_left_out" {
+  command = plan
+
+  variables {
+    hosts = {
+      monitoring = { count = 0 }
+    }
+  }
+
+  assert {
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "monitoring"]) == 0 && length(aws_instance.host) == 7
+    error_message = "hosts.monitoring.count = 0: no monitoring host"
+  }
+}
+
+run "two_monitoring_hosts_are_refused" {
+  command = plan
+
+  variables {
+    hosts = {
+      monitoring = { count = 2 }
+    }
+  }
+
+  expect_failures = [var.hosts]
 }
 
 run "worker_groups_add_worker_hosts_of_their_own" {
@@ -392,8 +429,8 @@ run "hosts_reach_only_the_vpc_and_web_ports" {
     error_message = "hosts may talk to the VPC and to ports 80/443 only"
   }
   assert {
-    condition     = length(aws_vpc_security_group_egress_rule.host) == 12
-    error_message = "three egress rules for each of the four host groups"
+    condition     = length(aws_vpc_security_group_egress_rule.host) == 15
+    error_message = "three egress rules for each of the five host groups"
   }
   assert {
     condition     = aws_vpc_security_group_egress_rule.bastion_to_vpc.cidr_ipv4 == "10.42.0.0/16" && aws_vpc_security_group_egress_rule.bastion_to_vpc.from_port == 22

@@ -68,9 +68,9 @@ def group_hosts(pytestconfig: pytest.Config) -> Callable[[str], list[Any]]:
             return testinfra.get_host(f"docker://{_plain(variables.get('ansible_host', name))}")
         return testinfra.get_host(f"ansible://{name}", ansible_inventory=inventory)
 
-    def hosts(group: str) -> list[Any]:
+    def hosts(group: str, required: bool = True) -> list[Any]:
         names = sorted(runner.get_hosts(group))
-        assert names, f"the inventory has no host in group {group}"
+        assert names or not required, f"the inventory has no host in group {group}"
         return [cache.setdefault(name, connect(name)) for name in names]
 
     return hosts
@@ -107,6 +107,15 @@ def redis_host(group_hosts):
 @pytest.fixture(scope="session")
 def api_host(group_hosts):
     return group_hosts("api")[0]
+
+
+@pytest.fixture(scope="session")
+def monitoring_host(group_hosts):
+    """The monitoring host; its tests do not apply to a deployment without one (MONITORING_HOSTS=0)."""
+    hosts = group_hosts("monitoring", required=False)
+    if not hosts:
+        pytest.skip("this deployment has no monitoring host")
+    return hosts[0]
 
 
 def rabbitmq_queues(rabbitmq_host) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@
 #   2. a second deployment (environment "other", 1 rabbitmq) applied into
 #      the same moto;
 #   3. tests/terraform (pytest): the aws_ec2 inventory of "ci" has exactly its
-#      hosts in the groups rabbitmq, redis, workers and api, none of "other",
+#      hosts in the groups rabbitmq, redis, workers, api and monitoring, none of "other",
 #      every ansible_host the host's private address, the rabbitmq nodes in
 #      distinct availability zones;
 #   4. terraform destroy of "ci"; its inventory is empty, "other" untouched;
@@ -158,11 +158,11 @@ PY
 common_vars=(-var "region=$AWS_REGION" -var "operator_cidr=203.0.113.0/24" -var "key_name=tf-moto-test" -var "ami_id=$ami")
 # ci: the default sizes and zones of terraform/variables.tf.
 ci_vars=("${common_vars[@]}" -var "environment=ci")
-ci_counts='{"rabbitmq": 3, "redis": 1, "workers": 2, "api": 1}'
+ci_counts='{"rabbitmq": 3, "redis": 1, "workers": 2, "api": 1, "monitoring": 1}'
 ci_az_count=3
-# other: the smallest sizes, and a second group of worker hosts.
+# other: the smallest sizes, no monitoring host, and a second group of worker hosts.
 other_vars=("${common_vars[@]}" -var "environment=other"
-  -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=1},api={count=1}}'
+  -var 'hosts={rabbitmq={count=1},redis={count=1},workers={count=1},api={count=1},monitoring={count=0}}'
   -var 'worker_groups={reports={count=2,instance_type="t3.medium"}}')
 
 in_workspace() {
@@ -172,7 +172,7 @@ in_workspace() {
   terraform_ "$@"
 }
 
-step "terraform apply (environment ci: 3 rabbitmq, 1 redis, 2 workers, 1 api)"
+step "terraform apply (environment ci: 3 rabbitmq, 1 redis, 2 workers, 1 api, 1 monitoring)"
 in_workspace ci apply -auto-approve -input=false -no-color "${ci_vars[@]}" >"$work/apply-ci.log" 2>&1 || {
   cat "$work/apply-ci.log" >&2
   fail "terraform apply (ci)"

@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORY = ROOT / "inventories" / "aws"
-GROUPS = ("rabbitmq", "redis", "workers", "api")
+GROUPS = ("rabbitmq", "redis", "workers", "api", "monitoring")
 BASTION = "198.51.100.10"  # a documentation address: never dialled
 
 if "KIT_TF_TEST_EXPECT" not in os.environ:
@@ -111,6 +111,15 @@ def test_worker_groups_are_inventory_groups_that_pools_can_name():
     # No other host is in a workers_ group.
     worker_groups = [group for group in listing if group.startswith("workers_")]
     assert sorted(worker_groups) == ["workers_default", "workers_reports"]
+
+
+@deployed
+def test_a_deployment_without_monitoring_has_no_monitoring_host():
+    # other: hosts.monitoring.count = 0.
+    other = EXPECT["other"]
+    assert hosts(inventory(other["environment"]), "monitoring") == set()
+    assert output("private_ips", other)["monitoring"] == []
+    assert len(hosts(inventory(EXPECT["environment"]), "monitoring")) == 1
 
 
 @deployed
