@@ -13,7 +13,12 @@ GOOD = {
         "rabbitmq_admin_password": "admin-secret",
     },
     "redis": {"redis_password": "redis-secret", "redis_bind_address": "127.0.0.1"},
+    "node_exporter": {},
+    "redis_exporter": {"redis_exporter_redis_password": "redis-secret"},
+    "prometheus": {"prometheus_scrape_jobs": [{"name": "node", "targets": []}]},
+    "alertmanager": {},
 }
+SCRAPE_TWICE = [{"name": "node", "targets": []}, {"name": "node", "targets": []}]
 
 
 def _run(playbook: str, extra_vars: dict):
@@ -34,6 +39,12 @@ def _run(playbook: str, extra_vars: dict):
         ("rabbitmq", {"rabbitmq_plugins": ["prometheus"]}, "rabbitmq_plugins"),
         ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
         ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
+        ("node_exporter", {"node_exporter_port": "ninety"}, "node_exporter_port"),
+        ("redis_exporter", {"redis_exporter_redis_password": None}, "redis_exporter_redis_password"),
+        ("prometheus", {"prometheus_scrape_jobs": None}, "prometheus_scrape_jobs"),
+        ("prometheus", {"prometheus_scrape_jobs": SCRAPE_TWICE}, "prometheus_scrape_jobs"),
+        ("prometheus", {"prometheus_external_labels": "prod"}, "prometheus_external_labels"),
+        ("alertmanager", {"alertmanager_route": {"receiver": "ops"}}, "alertmanager_receivers"),
     ],
 )
 def test_bad_role_input_fails_before_any_change(role, bad, named):
@@ -51,6 +62,14 @@ def test_a_two_node_cluster_is_refused_before_any_host_is_created():
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "RABBITMQ_HOSTS=2 (local_rabbitmq_hosts) is refused" in output
+    assert "changed=0" in output
+
+
+def test_a_second_monitoring_host_is_refused_before_any_host_is_created():
+    result = _run("playbooks/local-hosts.yml", {"local_monitoring_hosts": 2, "kit_environment": "input-validation"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "1 monitoring host" in output
     assert "changed=0" in output
 
 
