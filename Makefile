@@ -26,6 +26,12 @@ DRY_RUN ?=
 TASK ?=
 ID ?=
 ALL ?=
+# make bench: the sizes of its runs (playbooks/group_vars/all/bench.yml).
+BENCH_TASKS ?=
+BENCH_THREADS ?=
+BENCH_PACED_TASKS ?=
+BENCH_PACED_RATE ?=
+BENCH_RAW_MESSAGES ?=
 # The app to deploy: a directory holding celery-kit.yml, or such a file
 # (README, "Deploy your own app"); empty: the sample app.
 APP ?=
@@ -62,8 +68,16 @@ PLAYBOOK := ansible-playbook -i $(INVENTORY) $(EXTRA_VARS)
 # bastion address the aws inventory reads (from Terraform's outputs).
 ON_HOSTS := $(if $(filter aws,$(ENV)),celery-kit aws exec)
 STATUS_FILE := $(CURDIR)/.cache/status-$(ENV).json
+BENCH_FILE := $(CURDIR)/.cache/bench-$(ENV).json
 
-.PHONY: help venv deploy verify status migrate rollback-broker dlq dlq-replay dlq-purge destroy test lint unit terraform molecule chaos clean check-env
+BENCH_VARS := $(strip \
+  $(if $(BENCH_TASKS),-e bench_tasks=$(BENCH_TASKS)) \
+  $(if $(BENCH_THREADS),-e bench_threads=$(BENCH_THREADS)) \
+  $(if $(BENCH_PACED_TASKS),-e bench_paced_tasks=$(BENCH_PACED_TASKS)) \
+  $(if $(BENCH_PACED_RATE),-e bench_paced_rate=$(BENCH_PACED_RATE)) \
+  $(if $(BENCH_RAW_MESSAGES),-e bench_raw_messages=$(BENCH_RAW_MESSAGES)))
+
+.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -93,6 +107,10 @@ verify: check-env venv ## Run the testinfra suite against the deployed hosts
 status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers and Redis persistence
 	$(ON_HOSTS) $(PLAYBOOK) -e status_report_file=$(STATUS_FILE) playbooks/status.yml
 	celery-kit status $(STATUS_FILE)
+
+bench: check-env venv ## Compare the brokers on the deployment's hosts: Redis, RabbitMQ quorum, classic; JSON and chart in .cache/
+	$(ON_HOSTS) $(PLAYBOOK) $(BENCH_VARS) -e bench_report_file=$(BENCH_FILE) playbooks/bench.yml
+	celery-kit bench-report $(BENCH_FILE) --chart $(BENCH_FILE:.json=.png)
 
 MIGRATE := $(ON_HOSTS) $(PLAYBOOK) $(if $(filter 1 yes true,$(DRY_RUN)),-e migration_dry_run=true) playbooks/migrate-broker.yml
 

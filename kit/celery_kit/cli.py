@@ -11,6 +11,7 @@ On the controller (make runs them):
     celery-kit wheelhouse ...        build the wheels of the app and the kit for the hosts
     celery-kit aws ...               Terraform and Ansible for ENV=aws
     celery-kit bench-migration ...   benchmark of make migrate
+    celery-kit bench-report FILE     print make bench's table and draw its chart
 
 Each command has --help.
 """
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wheelhouse": ("wheelhouse", "main"),
     "aws": ("aws", "main"),
     "bench-migration": ("bench", "main"),
+    "bench-report": ("benchreport", "main"),
 }
 
 

@@ -37,6 +37,10 @@ from celery_kit import deployment as deployment_module
 from celery_kit.topology import DEFAULT_EXCHANGE, EXCHANGE_TYPE, PRIORITY_MIN, broker_priority, build_queues
 
 HEALTH_TASK = "celery_kit.health"
+# make bench's tasks (celery_kit.brokerbench): the same work with and
+# without the at-most-once guard.
+BENCH_TASK = "celery_kit.bench"
+BENCH_GUARDED_TASK = "celery_kit.bench_guarded"
 
 # Each guarantee with what goes wrong without it.
 GUARANTEES: dict[str, tuple[Any, str]] = {
@@ -232,6 +236,7 @@ def apply(app: Celery, deployment: dict[str, Any], environ: dict[str, str] | Non
     changes["celery_kit"] = deployment
     conf.update(changes)
     _register_health_task(app)
+    _register_bench_tasks(app)
     outcome.problems.extend(route_problems(conf.get("task_routes"), deployment))
     return outcome
 
@@ -276,6 +281,22 @@ def _register_health_task(app: Celery) -> None:
         from datetime import UTC, datetime  # noqa: PLC0415
 
         return {"worker": socket.gethostname(), "at": datetime.now(UTC).isoformat()}
+
+
+def _register_bench_tasks(app: Celery) -> None:
+    from celery_kit.guard import AtMostOnceTask  # noqa: PLC0415 (guard imports Celery's task machinery)
+
+    def bench(sleep: float, submitted: float) -> dict[str, float]:
+        """make bench's task: sleep that long; when it started, for the submit-to-start latency."""
+        import time  # noqa: PLC0415
+
+        started = time.time()
+        if sleep > 0:
+            time.sleep(min(sleep, 1.0))
+        return {"started": started, "submitted": submitted}
+
+    app.task(name=BENCH_TASK, shared=False)(bench)
+    app.task(name=BENCH_GUARDED_TASK, shared=False, base=AtMostOnceTask)(bench)
 
 
 def _queue_name(target: Any) -> str | None:

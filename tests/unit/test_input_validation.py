@@ -88,3 +88,20 @@ def test_a_pool_on_a_group_without_hosts_stops_site_yml_on_the_controller():
     assert result.returncode != 0
     assert "Worker pool reports runs on the hosts of group workers_reports, and the inventory has none" in output
     assert "changed=0" in output
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"bench_tasks": "many"}, "bench_tasks must be a whole number"),
+        ({"bench_threads": 0}, "bench_threads must be a whole number of at least 1"),
+        ({"bench_paced_rate": -5}, "bench_paced_rate must be a positive number"),
+        ({"bench_configs": ["kafka"]}, "bench_configs must list some of redis, quorum, classic"),
+    ],
+)
+def test_bad_bench_settings_stop_make_bench_before_it_touches_a_host(bad, named):
+    result = _run("playbooks/bench.yml", {"kit_environment": "input-validation", **bad})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert named in output
+    assert "changed=0" in output
