@@ -20,13 +20,16 @@ up to half the soft time limit; then the message goes back to its queue
 (requeued, not dead-lettered) for a later try. After the task ran, the
 finished mark is retried for as long as the time limit leaves.
 
-The cost: three to four Redis round trips per task and a renewal every
-LEASE_RENEW_SECONDS while it runs.
+The cost: two Redis round trips per task (one script that checks the
+finished ids and takes the lease, one that records the finished id and
+frees the lease), and a renewal every LEASE_RENEW_SECONDS of every lease the
+process holds, by one thread per process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -56,6 +59,28 @@ def deployment_setting(app: Celery, key: str) -> Any:
     return (app.conf.get("celery_kit") or {}).get(key)
 
 
+# Before the task runs, in one round trip: the recorded result of a
+# finished id ([1, result]); else the lease, taken ([2]) or held by another
+# process ([0]).
+CLAIM = """
+local done = redis.call('get', KEYS[1])
+if done then
+  return {1, done}
+end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return {2}
+end
+return {0}
+"""
+# After it ran, in one round trip: the finished id recorded, the lease freed
+# if it is still ours.
+FINISH = """
+redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('get', KEYS[2]) == ARGV[3] then
+  redis.call('del', KEYS[2])
+end
+return 1
+"""
 # Renew or release the lease only while it is still ours.
 RENEW_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -125,18 +150,18 @@ class AtMostOnceTask(Task):
             return super().__call__(*args, **kwargs)
         before_run, after_run = self.redis_deadlines()
         done_key = DONE_KEY.format(task_id)
-        lease = Lease(self.locks, RUNNING_KEY.format(task_id))
+        lease = Lease(self.locks, RUNNING_KEY.format(task_id), done_key)
         waited = False
         try:
             while True:
-                previous = call_redis("checking the finished ids", lambda: self.locks.get(done_key), before_run)
-                if previous is not None:
+                claim = call_redis("checking the finished ids and taking the lease", lease.claim, before_run)
+                if claim[0] == 1:
                     logger.warning("task %s already ran; skipping this duplicate delivery", task_id)
                     call_redis(
                         "counting a duplicate", lambda: self.locks.hincrby(DUPLICATE_KEY, task_id, 1), before_run
                     )
-                    return json.loads(previous)
-                if call_redis("taking the lease", lease.acquire, before_run):
+                    return json.loads(claim[1])
+                if claim[0] == 2:
                     break
                 if not waited:
                     logger.warning("task %s is running in another process; waiting for it", task_id)
@@ -147,53 +172,97 @@ class AtMostOnceTask(Task):
             raise Reject(str(error), requeue=True) from error
         try:
             result = super().__call__(*args, **kwargs)
-            try:
-                call_redis(
-                    "recording the finished id",
-                    lambda: self.locks.set(done_key, json.dumps(result), ex=self.keep_seconds()),
-                    after_run,
-                )
-            except RedisUnavailable as error:
-                # The task ran: requeueing it would run it again. Its message
-                # is acknowledged; a later copy of the id would run again.
-                logger.error("task %s ran, but its finished mark is lost: %s", task_id, error)
-        finally:
+        except BaseException:
             lease.release()
+            raise
+        try:
+            call_redis(
+                "recording the finished id", lambda: lease.finish(json.dumps(result), self.keep_seconds()), after_run
+            )
+        except RedisUnavailable as error:
+            # The task ran: requeueing it would run it again. Its message
+            # is acknowledged; a later copy of the id would run again. The
+            # lease lapses on its own.
+            lease.stop()
+            logger.error("task %s ran, but its finished mark is lost: %s", task_id, error)
         return result
 
 
 class Lease:
-    """celery-kit:running:<id>: held by one process, renewed by a thread while it runs."""
+    """celery-kit:running:<id>: held by one process, renewed by the process's renewer while it runs."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    def __init__(self, client: redis.Redis, key: str, done_key: str) -> None:
         self.client = client
         self.key = key
+        self.done_key = done_key
         self.token = uuid.uuid4().hex
-        self.stopped = threading.Event()
-        self.renewer: threading.Thread | None = None
 
-    def acquire(self) -> bool:
-        if not self.client.set(self.key, self.token, nx=True, ex=LEASE_SECONDS):
-            return False
-        self.renewer = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
-        self.renewer.start()
-        return True
+    def claim(self) -> list:
+        """CLAIM: [1, result] for a finished id, [2] once the lease is ours, [0] while another holds it."""
+        answer = self.client.eval(CLAIM, 2, self.done_key, self.key, self.token, LEASE_SECONDS)
+        if answer[0] == 2:
+            RENEWER.add(self)
+        return answer
 
-    def _renew(self) -> None:
-        while not self.stopped.wait(LEASE_RENEW_SECONDS):
-            try:
-                self.client.eval(RENEW_IF_OURS, 1, self.key, self.token, LEASE_SECONDS)
-            except redis.RedisError as error:  # the next round tries again
-                logger.warning("could not renew %s: %s", self.key, error)
+    def renew(self) -> None:
+        try:
+            self.client.eval(RENEW_IF_OURS, 1, self.key, self.token, LEASE_SECONDS)
+        except redis.RedisError as error:  # the next round tries again
+            logger.warning("could not renew %s: %s", self.key, error)
+
+    def finish(self, result: str, keep_seconds: int) -> None:
+        """FINISH: the finished id recorded and the lease freed, in one round trip."""
+        self.client.eval(FINISH, 2, self.done_key, self.key, result, keep_seconds, self.token)
+        RENEWER.remove(self)
+
+    def stop(self) -> None:
+        RENEWER.remove(self)
 
     def release(self) -> None:
-        self.stopped.set()
-        if self.renewer is not None:
-            self.renewer.join()
+        """Free the lease without recording the id (the task raised: a retry may run it)."""
+        RENEWER.remove(self)
         try:
             self.client.eval(RELEASE_IF_OURS, 1, self.key, self.token)
         except redis.RedisError as error:  # it lapses on its own
             logger.warning("could not release %s: %s", self.key, error)
+
+
+class Renewer:
+    """One thread per process renewing every lease the process holds, every LEASE_RENEW_SECONDS.
+
+    A thread per task cost a thread start and a join on every task. After
+    a fork (Celery's prefork pool) the child starts its own thread.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[int, Lease] = {}
+        self.pid: int | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.leases = {}
+                threading.Thread(target=self._run, name="celery-kit lease renewer", daemon=True).start()
+            self.leases[id(lease)] = lease
+
+    def remove(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases.pop(id(lease), None)
+
+    def held(self) -> list[Lease]:
+        with self.lock:
+            return list(self.leases.values())
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(LEASE_RENEW_SECONDS)
+            for lease in self.held():
+                lease.renew()
+
+
+RENEWER = Renewer()
 
 
 def _keep_seconds(expires: Any) -> int:

@@ -10,6 +10,7 @@ go back to its queue (requeue) rather than fail into the dead-letter queue.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -53,10 +54,27 @@ class FlakyRedis:
         self.hashes[key][field] = self.hashes[key].get(field, 0) + amount
         return self.hashes[key][field]
 
-    def eval(self, script, numkeys, key, token, *args):
+    def eval(self, script, numkeys, *keys_and_args):
+        """The guard's scripts, as Redis would run them (atomically, one call)."""
         self._call()
-        if self.data.get(key) == token:
-            if "del" in script:
+        keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
+        if script == guard.CLAIM:
+            done_key, running_key = keys
+            if done_key in self.data:
+                return [1, self.data[done_key]]
+            if running_key in self.data:
+                return [0]
+            self.data[running_key] = args[0]
+            return [2]
+        if script == guard.FINISH:
+            done_key, running_key = keys
+            self.data[done_key] = args[0]
+            if self.data.get(running_key) == args[2]:
+                del self.data[running_key]
+            return 1
+        (key,) = keys
+        if self.data.get(key) == args[0]:
+            if script == guard.RELEASE_IF_OURS:
                 del self.data[key]
             return 1
         return 0
@@ -99,6 +117,43 @@ def test_a_redis_gone_longer_than_the_patience_sends_the_task_back_to_its_queue(
     assert isinstance(result.result, Reject)
     assert result.result.requeue is True, "requeued, not dead-lettered"
     assert ran == [], "the task did not run without its guard"
+
+
+def test_the_guard_costs_two_round_trips_to_redis_per_task(add):
+    counting = FlakyRedis(failures=0, error=redis.exceptions.ConnectionError("unused"))
+    add.__dict__["locks"] = counting
+    assert add.apply(args=(2, 3), task_id="cost-1").result == 5
+    assert counting.calls == 2, "one script before the run, one after"
+    assert guard.RENEWER.held() == [], "the lease is no longer renewed"
+
+
+def test_a_task_that_raises_frees_its_lease_for_the_retry(add, monkeypatch):
+    counting = FlakyRedis(failures=0, error=redis.exceptions.ConnectionError("unused"))
+    add.__dict__["locks"] = counting
+    monkeypatch.setattr(type(add), "run", lambda self, x, y: 1 / 0)
+    result = add.apply(args=(2, 3), task_id="raises-1")
+    assert result.state == "FAILURE"
+    assert "celery-kit:running:raises-1" not in counting.data
+    assert "celery-kit:done:raises-1" not in counting.data, "not recorded as finished: a retry runs it"
+
+
+def test_one_thread_renews_every_lease_of_the_process(monkeypatch):
+    monkeypatch.setattr(guard, "LEASE_RENEW_SECONDS", 0.01)
+    client = FlakyRedis(failures=0, error=redis.exceptions.ConnectionError("unused"))
+    renewer = guard.Renewer()
+    monkeypatch.setattr(guard, "RENEWER", renewer)
+    leases = [guard.Lease(client, f"celery-kit:running:{i}", f"celery-kit:done:{i}") for i in range(3)]
+    for lease in leases:
+        assert lease.claim() == [2]
+    before = threading.active_count()
+    deadline = time.monotonic() + 5
+    while client.calls < 3 + 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.calls >= 9, "each lease renewed at least twice"
+    assert threading.active_count() == before, "no thread per lease"
+    for lease in leases:
+        lease.finish("1", 60)
+    assert renewer.held() == []
 
 
 def test_a_finished_id_is_skipped_even_when_redis_answers_late(add):
