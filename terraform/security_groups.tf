@@ -28,6 +28,10 @@ locals {
     node_metrics_redis               = { to = "redis", port = 9100, from = "monitoring", what = "node exporter" }
     node_metrics_workers             = { to = "workers", port = 9100, from = "monitoring", what = "node exporter" }
     node_metrics_api                 = { to = "api", port = 9100, from = "monitoring", what = "node exporter" }
+    # Flower, on the monitoring host, reads the workers' task events from the
+    # broker (RabbitMQ, or Redis on a Redis-broker deployment).
+    amqp_from_monitoring  = { to = "rabbitmq", port = 5672, from = "monitoring", what = "AMQP (Flower)" }
+    redis_from_monitoring = { to = "redis", port = 6379, from = "monitoring", what = "Redis (Flower)" }
   }
 }
 

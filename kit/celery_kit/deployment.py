@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "task_time_limit": 300,
     "max_countdown": 3600,
     "result_expires": 86400,
+    # Workers send task events (Flower's task list), with a monitoring host.
+    "task_events": False,
 }
 
 
@@ -79,6 +81,8 @@ def validate(settings: dict[str, Any]) -> None:
             raise DeploymentError(f"queue {queue['name']!r}: max_priority applies to classic queues only")
     if settings["default_queue"] not in names:
         raise DeploymentError(f"default_queue {settings['default_queue']!r} is not one of the queues {names}")
+    if not isinstance(settings["task_events"], bool):
+        raise DeploymentError("task_events must be true or false")
     for key in ("task_time_limit", "max_countdown", "result_expires"):
         if not isinstance(settings[key], int) or settings[key] <= 0:
             raise DeploymentError(f"{key} must be a positive integer")

@@ -145,6 +145,11 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
         # (kombu's Redis default, 0, would make it the most urgent there), so
         # a broker migration translating 9 - p keeps the order.
         "task_default_priority": broker_priority(PRIORITY_MIN, deployment["broker"]),
+        # Task events for a dashboard (Flower), when the deployment has one:
+        # received, started, succeeded or failed, from the worker. Producers
+        # send no task-sent event: it would add a confirmed publish to every
+        # submission.
+        "worker_send_task_events": deployment["task_events"],
     }
     if deployment["broker"] == "rabbitmq":
         # Publisher confirms: a publish returns only once RabbitMQ has taken

@@ -37,6 +37,8 @@ GIT_SOURCE = re.compile(r"^git\+(?P<url>[^@#]+?)(?:@(?P<ref>[^#]+))?(?:#.*)?$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 MANIFEST = "celery-kit-wheelhouse.json"
 KEPT = 8
+# The kit's optional dependencies the archive carries (kit/pyproject.toml).
+KIT_EXTRAS = ("flower",)
 
 
 class WheelhouseError(RuntimeError):
@@ -154,7 +156,9 @@ def build(args: argparse.Namespace) -> dict[str, str]:
         download += ["--dest", str(wheels), "--constraint", args.kit_requirements]
         if args.requirements:
             download += ["--requirement", args.requirements]
-        pip(*download, str(app_wheel), str(kit_wheel))
+        # The kit with its extras (Flower, for the monitoring host): every
+        # host gets the same archive and installs what its role asks for.
+        pip(*download, str(app_wheel), f"{kit_wheel}[{','.join(KIT_EXTRAS)}]")
         manifest = {
             "id": wheelhouse_id,
             "app_wheel": app_wheel.name,

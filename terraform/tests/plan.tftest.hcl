@@ -162,8 +162,10 @@ run "security_groups_are_least_privilege" {
       "${aws_security_group.group["redis"].id}:9100:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["workers"].id}:9100:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["api"].id}:9100:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["monitoring"].id}",
     ])
-    error_message = "AMQP/management only from workers and api, Erlang distribution only among brokers, Redis only from workers and api, metrics only from the monitoring host"
+    error_message = "AMQP from workers, api and the monitoring host (Flower), management only from workers and api, Erlang distribution only among brokers, Redis from workers, api and the monitoring host, metrics only from the monitoring host"
   }
   assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.api_from_operator.from_port == 8000
@@ -182,7 +184,7 @@ run "security_groups_are_least_privilege" {
     error_message = "every rule explains itself in its description and in its Name and Purpose tags (moto keeps only the tags of group-referencing rules)"
   }
   assert {
-    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 14
+    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 16
     error_message = "every service rule has a Name of its own"
   }
 }

@@ -88,6 +88,7 @@ def test_prometheus_scrapes_every_host_node_and_exporter_and_all_are_up(monitori
         "rabbitmq": names("rabbitmq"),
         "rabbitmq-queues": names("rabbitmq"),
         "redis": names("redis"),
+        "flower": names("monitoring"),
     }
     scrape, _ = _intervals(monitoring_host)
 

@@ -181,3 +181,10 @@ def test_unreadable_config_names_the_file(tmp_path):
 def test_a_task_without_priority_is_the_least_urgent_on_either_broker(broker, expected):
     config = _config(broker=broker)
     assert build_settings(config)["task_default_priority"] == expected
+
+
+def test_workers_send_task_events_only_when_the_deployment_has_a_dashboard():
+    assert kit_app(deployment_settings()).conf.worker_send_task_events is False
+    assert kit_app(deployment_settings(task_events=True)).conf.worker_send_task_events is True
+    with pytest.raises(deployment.DeploymentError, match="task_events must be true or false"):
+        deployment.validate({**deployment.DEFAULTS, "task_events": "yes"})
