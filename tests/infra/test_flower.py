@@ -15,7 +15,7 @@ import shlex
 import time
 from typing import Any
 
-from conftest import submit, wait_for_result, worker_processes
+from conftest import configured_worker_units, submit, wait_for_result
 
 CREDENTIALS = "/etc/celery-app/flower.env"
 UNIT = "/etc/systemd/system/celery-flower.service"
@@ -63,13 +63,20 @@ def test_flower_asks_for_its_password_but_serves_metrics_without(monitoring_host
 
 
 def test_flower_lists_every_worker_process(monitoring_host, group_hosts):
-    expected = worker_processes(group_hosts)
+    # Each unit celery-worker-<pool>@<n> runs the Celery worker <pool>-<n>@<host>.
+    expected = set()
+    for host in group_hosts("workers"):
+        hostname = host.check_output("hostname")
+        for unit in configured_worker_units(host):
+            pool, index = re.fullmatch(r"celery-worker-(.+)@(\d+)\.service", unit).groups()
+            expected.add(f"{pool}-{index}@{hostname}")
+    assert expected
 
-    def workers() -> list[str] | None:
-        names = [name for name in _api(monitoring_host, "/api/workers?refresh=1") if not name.startswith("bench-")]
-        return names if len(names) >= expected else None
+    def listed() -> set[str] | None:
+        names = set(_api(monitoring_host, "/api/workers?refresh=1"))
+        return names if expected <= names else None
 
-    assert len(_wait(f"{expected} workers in Flower", 90, workers)) == expected
+    _wait(f"the workers {sorted(expected)} in Flower", 90, listed)
 
 
 def test_a_task_submitted_through_the_api_shows_in_flower_with_its_state(monitoring_host, api_host):
