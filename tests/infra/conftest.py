@@ -152,6 +152,26 @@ def configured_worker_units(host) -> list[str]:
     return sorted(re.findall(r"celery-worker-[a-z0-9-]+@\d+\.service", wants))
 
 
+def worker_names(group_hosts) -> set[str]:
+    """The Celery worker names the configured units run: celery-worker-<pool>@<n> is <pool>-<n>@<host>."""
+    names = set()
+    for host in group_hosts("workers"):
+        hostname = host.check_output("hostname")
+        for unit in configured_worker_units(host):
+            pool, index = re.search(r"^celery-worker-(.+)@(\d+)\.service$", unit).groups()
+            names.add(f"{pool}-{index}@{hostname}")
+    return names
+
+
+def wait_until(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
+    """probe()'s first truthy value, asked every 2 s; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
+        time.sleep(2)
+    return value
+
+
 def queue_argument(arguments: Any, name: str) -> Any:
     """One x-argument of a queue, from rabbitmqctl's JSON ([name, type, value] triples)."""
     if isinstance(arguments, dict):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 from typing import Any
 
-from conftest import configured_worker_units, submit, wait_for_result
+from conftest import submit, wait_for_result, wait_until, worker_names
 
 CREDENTIALS = "/etc/celery-app/flower.env"
 UNIT = "/etc/systemd/system/celery-flower.service"
@@ -44,14 +43,6 @@ def _api(host, path: str) -> Any:
     )
 
 
-def _wait(what: str, timeout: float, probe):
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(2)
-    return value
-
-
 def test_flower_asks_for_its_password_but_serves_metrics_without(monitoring_host):
     assert monitoring_host.service("celery-flower").is_running
     assert monitoring_host.service("celery-flower").is_enabled
@@ -63,20 +54,14 @@ def test_flower_asks_for_its_password_but_serves_metrics_without(monitoring_host
 
 
 def test_flower_lists_every_worker_process(monitoring_host, group_hosts):
-    # Each unit celery-worker-<pool>@<n> runs the Celery worker <pool>-<n>@<host>.
-    expected = set()
-    for host in group_hosts("workers"):
-        hostname = host.check_output("hostname")
-        for unit in configured_worker_units(host):
-            pool, index = re.fullmatch(r"celery-worker-(.+)@(\d+)\.service", unit).groups()
-            expected.add(f"{pool}-{index}@{hostname}")
+    expected = worker_names(group_hosts)
     assert expected
 
     def listed() -> set[str] | None:
         names = set(_api(monitoring_host, "/api/workers?refresh=1"))
         return names if expected <= names else None
 
-    _wait(f"the workers {sorted(expected)} in Flower", 90, listed)
+    wait_until(f"the workers {sorted(expected)} in Flower", 90, listed)
 
 
 def test_a_task_submitted_through_the_api_shows_in_flower_with_its_state(monitoring_host, api_host):
@@ -87,6 +72,6 @@ def test_a_task_submitted_through_the_api_shows_in_flower_with_its_state(monitor
         task = _api(monitoring_host, "/api/tasks?limit=1000").get(task_id)
         return task if task and task.get("state") == "SUCCESS" else None
 
-    task = _wait("the task in Flower as SUCCESS", 60, succeeded)
+    task = wait_until("the task in Flower as SUCCESS", 60, succeeded)
     assert task["name"] == "add"
     assert task["result"] == "42"

@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from conftest import Load, dead_letters, fault_report, submit, wait_for_result
+from conftest import Load, dead_letters, fault_report, submit, wait_for_result, wait_until
 
 RULES = "/etc/prometheus/rules/celery-kit.yml"
 
@@ -56,15 +56,6 @@ def alertmanager_alerts(host, name: str) -> list[dict[str, Any]]:
     return [alert for alert in alerts if alert["labels"].get("alertname") == name]
 
 
-def _wait(what: str, timeout: float, probe):
-    """probe()'s first truthy value; fails after timeout."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
-        time.sleep(2)
-    return value
-
-
 def _seconds(duration: str) -> float:
     """A Prometheus duration of one unit (15s, 2m, 1h) in seconds."""
     number, unit = re.fullmatch(r"(\d+)([smh])", duration).groups()
@@ -99,7 +90,7 @@ def test_prometheus_scrapes_every_host_node_and_exporter_and_all_are_up(monitori
         return seen if all(health == "up" for job in seen.values() for health in job.values()) else None
 
     # A target restarted by an earlier test may wait for its next scrape.
-    seen = _wait("every target up", 4 * scrape + 30, targets)
+    seen = wait_until("every target up", 4 * scrape + 30, targets)
     assert {job: set(hosts) for job, hosts in seen.items()} == expected
 
 
@@ -115,7 +106,7 @@ def test_a_submitted_task_moves_the_counters(monitoring_host, api_host, broker):
     # 20 results more in Redis db 1 (the result store), and with RabbitMQ as
     # the broker 20 messages more received.
     watched = [results] + ([received] if broker == "rabbitmq" else [])
-    _wait(
+    wait_until(
         f"{watched} grew by 20",
         3 * scrape + 30,
         lambda: all((metric(monitoring_host, name) or 0) >= before[name] + 20 for name in watched),
@@ -137,7 +128,7 @@ def test_a_queue_left_without_consumers_fires_an_alert_and_loses_no_task(
     try:
         # Accepted while nobody consumes: they wait in the queue.
         load.submit([{"task": "add", "args": [i, 1]} for i in range(20)])
-        firing = _wait(
+        firing = wait_until(
             "QueueWithoutConsumers firing in Alertmanager",
             hold + 3 * (scrape + evaluation) + 60,
             lambda: [
@@ -166,7 +157,7 @@ def test_a_queue_left_without_consumers_fires_an_alert_and_loses_no_task(
     assert counts["lost"] == 0 and counts["dead_lettered"] == 0 and counts["run_twice"] == 0, counts
 
     # Consumers again: the alert clears at the next evaluation.
-    _wait(
+    wait_until(
         "QueueWithoutConsumers cleared in Prometheus",
         3 * (scrape + evaluation) + 30,
         lambda: not prometheus_alerts(monitoring_host, "QueueWithoutConsumers"),
@@ -207,9 +198,9 @@ def test_a_dead_lettered_task_fires_dead_letter_queue_growing(monitoring_host, a
     before = dead_letters(rabbitmq)
     task_id = submit(api_host, {"task": "poison"})
     assert wait_for_result(api_host, task_id)["state"] == "FAILURE"
-    _wait("the poison task in the dead-letter queue", 30, lambda: dead_letters(rabbitmq) > before)
+    wait_until("the poison task in the dead-letter queue", 30, lambda: dead_letters(rabbitmq) > before)
 
-    (alert,) = _wait(
+    (alert,) = wait_until(
         "DeadLetterQueueGrowing firing",
         3 * (scrape + evaluation) + 30,
         lambda: [a for a in prometheus_alerts(monitoring_host, "DeadLetterQueueGrowing") if a["state"] == "firing"],

@@ -1,9 +1,8 @@
 """Every worker host runs its configured worker processes, each consuming."""
 
 import json
-import re
 
-from conftest import APP_QUEUES, CELERY, configured_worker_units, rabbitmq_queues
+from conftest import APP_QUEUES, CELERY, configured_worker_units, rabbitmq_queues, worker_names
 
 
 def test_each_worker_host_runs_its_processes(group_hosts):
@@ -19,14 +18,7 @@ def test_every_worker_process_answers_ping(group_hosts):
     host = group_hosts("workers")[0]
     replies = json.loads(host.check_output(f"{CELERY} inspect ping --timeout 5 --json"))
     answered = set(replies) if isinstance(replies, dict) else {name for reply in replies for name in reply}
-    expected = set()
-    for worker_host in group_hosts("workers"):
-        hostname = worker_host.check_output("hostname")
-        for unit in configured_worker_units(worker_host):
-            # celery-worker-<pool>@<n>.service runs the worker <pool>-<n>@<host>.
-            pool, index = re.search(r"^celery-worker-(.+)@(\d+)\.service$", unit).groups()
-            expected.add(f"{pool}-{index}@{hostname}")
-    assert answered == expected
+    assert answered == worker_names(group_hosts)
 
 
 def test_every_worker_process_consumes_every_queue(group_hosts):
