@@ -5,6 +5,8 @@ On the hosts (installed beside the app, run as the app's user):
     celery-kit health                run the kit's health task through the platform
     celery-kit move ...              move queued tasks between the brokers (make migrate)
     celery-kit dlq ...               list, replay or purge the dead-letter queue (make dlq)
+    celery-kit outbox relay          send the outbox's stored submissions to the broker (api hosts' service)
+    celery-kit outbox status         the outbox's depth and oldest entry, as JSON (make status)
 
 On the controller (make runs them):
     celery-kit status FILE           print make status's report from the collected JSON
@@ -28,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("check", "health_main"),
     "move": ("mover", "main"),
     "dlq": ("dlq", "main"),
+    "outbox": ("outbox", "main"),
     "status": ("status", "main"),
     "wheelhouse": ("wheelhouse", "main"),
     "aws": ("aws", "main"),

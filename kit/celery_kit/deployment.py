@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "result_expires": 86400,
     # Workers send task events (Flower's task list), with a monitoring host.
     "task_events": False,
+    # The producers' durable outbox (celery_kit.outbox): a SQLite file on
+    # each producer host and its bounds. No path: no outbox, a producer
+    # answers 503 while the broker does not take a task.
+    "outbox": {"path": None, "max_entries": 100_000, "max_bytes": 256 * 1024 * 1024},
 }
 
 
@@ -83,9 +87,21 @@ def validate(settings: dict[str, Any]) -> None:
         raise DeploymentError(f"default_queue {settings['default_queue']!r} is not one of the queues {names}")
     if not isinstance(settings["task_events"], bool):
         raise DeploymentError("task_events must be true or false")
+    validate_outbox(settings["outbox"])
     for key in ("task_time_limit", "max_countdown", "result_expires"):
         if not isinstance(settings[key], int) or settings[key] <= 0:
             raise DeploymentError(f"{key} must be a positive integer")
+
+
+def validate_outbox(outbox: Any) -> None:
+    if not isinstance(outbox, dict) or set(outbox) - {"path", "max_entries", "max_bytes"}:
+        raise DeploymentError("outbox must be an object with path, max_entries and max_bytes")
+    if outbox.get("path") is not None and not (isinstance(outbox["path"], str) and outbox["path"].startswith("/")):
+        raise DeploymentError("outbox.path must be an absolute path or null")
+    for key in ("max_entries", "max_bytes"):
+        value = outbox.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DeploymentError(f"outbox.{key} must be a positive integer")
 
 
 def queue_names(settings: dict[str, Any]) -> list[str]:

@@ -16,6 +16,8 @@ import sys
 from typing import Any
 
 DEAD_LETTER_QUEUE = "dead-letter"
+# Seconds the oldest outbox entry may wait before make status says so.
+OUTBOX_AGE_LIMIT = 60
 PERSISTENCE_FIELDS = (
     "aof_enabled",
     "aof_rewrite_in_progress",
@@ -153,6 +155,39 @@ def parse_persistence(info: dict[str, Any]) -> dict[str, str]:
     return {key: str(info[key]) for key in PERSISTENCE_FIELDS if key in info}
 
 
+def outbox_rows(outboxes: dict[str, str]) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """Per api host: the outbox's depth, oldest entry's age and quarantined entries; and its problems."""
+    rows: list[tuple[Any, ...]] = []
+    problems: list[str] = []
+    for host, text in sorted(outboxes.items()):
+        try:
+            figures = json.loads(text.strip().splitlines()[-1]) if text.strip() else {}
+        except ValueError:
+            figures = {}
+        if not figures:
+            rows.append((host, "-", "-", "-"))
+            problems.append(f"outbox of {host}: no answer")
+            continue
+        if not figures.get("enabled", True):
+            rows.append((host, "off", "-", "-"))
+            continue
+        if "error" in figures:
+            rows.append((host, "-", "-", "-"))
+            problems.append(f"outbox of {host}: {figures['error']}")
+            continue
+        age = figures.get("oldest_age_seconds")
+        rows.append(
+            (host, figures.get("depth", 0), "-" if age is None else f"{age:.0f} s", figures.get("quarantined", 0))
+        )
+        if age is not None and age > OUTBOX_AGE_LIMIT:
+            problems.append(f"outbox of {host}: submissions waiting for {age:.0f} s (the broker does not take them)")
+        if figures.get("quarantined"):
+            problems.append(
+                f"outbox of {host}: {figures['quarantined']} entries unreadable, kept in its quarantine table"
+            )
+    return rows, problems
+
+
 def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     """A plain-text table: columns of numbers right-aligned, the others left-aligned."""
     numeric = [all(isinstance(row[i], int) or row[i] == "-" for row in rows) and i > 0 for i in range(len(headers))]
@@ -194,6 +229,11 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
     out += [f"  {key}: {value}" for key, value in persistence.items()]
     if persistence.get("aof_enabled") != "1":
         out.append("  WARNING: the append-only file is off")
+    if status.get("outboxes"):
+        rows, outbox_problems = outbox_rows(status["outboxes"])
+        out += ["", "Outbox (submissions the broker did not take yet, per api host):"]
+        out.append(table(("Host", "Waiting", "Oldest", "Quarantined"), rows))
+        problems += outbox_problems
     if idle:
         problems.append(f"no consumer on: {', '.join(idle)}")
     if problems:

@@ -1,6 +1,9 @@
 """make status: the table it prints and its exit status."""
 
 import json
+import re
+
+import pytest
 
 from celery_kit import status
 
@@ -135,3 +138,35 @@ def test_aof_off_is_flagged():
 
 def test_unreadable_status_file_exits_2(tmp_path):
     assert status.main([str(tmp_path / "missing.json")]) == 2
+
+
+def _outbox(**figures):
+    return json.dumps({"enabled": True, "path": "/var/lib/celery-app/outbox/outbox.sqlite3", **figures})
+
+
+def test_the_outbox_of_each_api_host_shows_depth_and_oldest_entry():
+    outbox_status = _status(
+        outboxes={
+            "api-1": _outbox(depth=0, oldest_age_seconds=None, quarantined=0),
+            "api-2": _outbox(depth=12, oldest_age_seconds=3.2, quarantined=0),
+        }
+    )
+    text, code = status.report(outbox_status)
+    assert code == 0
+    assert re.search(r"api-1\s+0\s+-\s+0", text)
+    assert re.search(r"api-2\s+12\s+3 s\s+0", text)
+
+
+@pytest.mark.parametrize(
+    ("figures", "problem"),
+    [
+        (_outbox(depth=40, oldest_age_seconds=300.0, quarantined=0), "waiting for 300 s"),
+        (_outbox(depth=0, oldest_age_seconds=None, quarantined=2), "2 entries unreadable"),
+        (json.dumps({"enabled": True, "error": "cannot read the outbox: file is not a database"}), "not a database"),
+        ("", "no answer"),
+    ],
+)
+def test_an_outbox_that_needs_a_look_fails(figures, problem):
+    text, code = status.report(_status(outboxes={"api-1": figures}))
+    assert code == 1
+    assert problem in text

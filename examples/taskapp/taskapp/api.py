@@ -6,8 +6,12 @@ POST /tasks        {"task": name, "args": [...], "kwargs": {...},
 GET  /tasks/<id>   -> 200 {"id", "state", "result"}
 GET  /healthz      -> 200 {"status": "ok", "broker": ...}
 
-Bad input gets a 4xx with a message; an unreachable broker or result store
-gets a 503 within a few seconds, never a hang nor a 500.
+Bad input gets a 4xx with a message. A submission the broker does not take
+(unreachable, or blocking publishers) is stored in the host's durable outbox
+(celery_kit.outbox) and still gets its 202; the relay sends it later, and
+GET /tasks/<id> says STORED meanwhile. Only a full or unwritable outbox, or
+an unreachable result store on GET, gets a 503, within a few seconds: never
+a hang nor a 500.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from celery import Celery
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from celery_kit import outbox
 from celery_kit.boot import producer_mode
 from celery_kit.settings import HEALTH_TASK
-from celery_kit.topology import PRIORITY_MAX, PRIORITY_MIN, broker_priority
+from celery_kit.topology import PRIORITY_MAX, PRIORITY_MIN
 from taskapp import tasks
 
 MAX_BODY_BYTES = 64 * 1024
@@ -148,6 +153,7 @@ def create_api(celery_app: Celery) -> Flask:
     # producer settings; celery_kit.wsgi applies them too).
     producer_mode(celery_app)
     queue_names = [queue["name"] for queue in settings["queues"]]
+    box = outbox.for_app(celery_app)
 
     def error(status: int, message: str) -> tuple[Any, int]:
         return jsonify({"error": message}), status
@@ -167,6 +173,18 @@ def create_api(celery_app: Celery) -> Flask:
     for exc_class in UNAVAILABLE_ERRORS:
         api.register_error_handler(exc_class, unavailable)
 
+    @api.errorhandler(outbox.OutboxFull)
+    def outbox_full(exc: outbox.OutboxFull) -> tuple[Any, int]:
+        api.logger.error("submission refused: the broker does not take tasks and %s", exc)
+        return error(503, f"the task queue is unavailable and this host's outbox is full; try again later ({exc})")
+
+    @api.errorhandler(outbox.OutboxUnavailable)
+    def outbox_unavailable(exc: outbox.OutboxUnavailable) -> tuple[Any, int]:
+        # Logged with the file's error (permissions, disk full, damaged);
+        # the client is told only that nothing was accepted.
+        api.logger.error("submission refused: %s", exc)
+        return error(503, "the task queue is unavailable and the outbox cannot store the task; try again later")
+
     @api.post("/tasks")
     def submit() -> tuple[Any, int]:
         if not request.is_json:
@@ -175,24 +193,25 @@ def create_api(celery_app: Celery) -> Flask:
         if body is None:
             raise BadRequest("the body is not valid JSON")
         submission = validate_submission(celery_app, body, queue_names, settings["max_countdown"])
-        options = dict(submission["options"])
-        if "priority" in options:
-            options["priority"] = broker_priority(options["priority"], settings["broker"])
-        result = submission["task"].apply_async(
+        options = submission["options"]
+        receipt = outbox.submit(
+            celery_app,
+            box,
+            submission["task"].name,
             submission["args"],
             submission["kwargs"],
-            retry=True,
-            retry_policy=celery_app.conf.task_publish_retry_policy,
-            **options,
+            countdown=options.get("countdown"),
+            priority=options.get("priority"),
+            queue=options.get("queue"),
         )
-        return jsonify({"id": result.id}), 202
+        return jsonify({"id": receipt.id, "state": outbox.STORED if receipt.stored else "PENDING"}), 202
 
     @api.get("/tasks/<task_id>")
     def status(task_id: str) -> tuple[Any, int]:
         if not TASK_ID_PATTERN.match(task_id):
             raise BadRequest("not a task id")
+        state = outbox.state(celery_app, box, task_id)
         result = celery_app.AsyncResult(task_id)
-        state = result.state
         if state == "SUCCESS":
             value = result.result
         elif state in ("FAILURE", "RETRY"):
