@@ -392,8 +392,12 @@ def submit(
 
 def state(app: Any, box: Outbox | None, task_id: str) -> str:
     """STORED while the submission waits in this host's outbox, else Celery's state of the id."""
-    if box is not None and box.contains(task_id):
-        return STORED
+    if box is not None:
+        try:
+            if box.contains(task_id):
+                return STORED
+        except OutboxUnavailable:
+            pass  # logged; the result store may still know the id
     return app.AsyncResult(task_id).state
 
 

@@ -14,6 +14,7 @@ import re
 import shlex
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,20 @@ def wait_for_result(api_host, task_id: str, timeout: float = 60) -> dict[str, An
         time.sleep(0.5)
 
 
+# The fault tests' load (test_faults, test_outbox).
+FAULT_RATE = 10  # submissions a second
+# Quick tasks, half-second ones (they are running when the fault hits),
+# welcome emails (a side effect a user would see twice) and countdown tasks
+# (they wait in the broker's delay queues during the fault).
+FAULT_BODIES = [
+    {"task": "add", "args": [2, 3]},
+    {"task": "process_task", "args": [{"seconds": 0.5}]},
+    {"task": "send_welcome_email", "args": ["fault.test@example.com"]},
+    {"task": "add", "args": [3, 4], "countdown": 4},
+    {"task": "process_task", "args": [{"seconds": 0.5}], "queue": "priority", "priority": 7},
+]
+
+
 # The kit's load generator, installed on the hosts with the kit.
 LOADGEN = f"{APP_PYTHON} -m celery_kit.loadgen"
 
@@ -269,6 +284,16 @@ class Load:
             if report["missing"] == 0 or time.monotonic() > deadline:
                 return report
             time.sleep(3)
+
+
+def emails_written_twice(group_hosts, load: Load) -> int:
+    """Welcome emails of the load's tasks that the workers' mail sink holds more than once."""
+    ids = set(load.host.check_output(f"cat {load.ids}").split())
+    lines = "".join(
+        host.run("cat /var/lib/celery-app/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
+    )
+    written = Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
+    return sum(count - 1 for task_id, count in written.items() if task_id in ids and count > 1)
 
 
 def fault_report(fault: str, steady: dict[str, Any], report: dict[str, Any], dead_lettered: int) -> dict[str, Any]:

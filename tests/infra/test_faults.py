@@ -11,42 +11,22 @@ refused, lost, dead-lettered or sent twice.
 
 from __future__ import annotations
 
-import json
 import time
-from collections import Counter
 
 import pytest
 from conftest import (
     APP_QUEUES,
+    FAULT_BODIES,
+    FAULT_RATE,
     Load,
     cluster_status,
     dead_letters,
+    emails_written_twice,
     fault_report,
     node_name,
     rabbitmq_queues,
     worker_processes,
 )
-
-RATE = 10  # submissions a second
-# Quick tasks, half-second ones (they are running when the fault hits),
-# welcome emails (a side effect a user would see twice) and countdown tasks
-# (they wait in the broker's delay queues during the fault).
-BODIES = [
-    {"task": "add", "args": [2, 3]},
-    {"task": "process_task", "args": [{"seconds": 0.5}]},
-    {"task": "send_welcome_email", "args": ["fault.test@example.com"]},
-    {"task": "add", "args": [3, 4], "countdown": 4},
-    {"task": "process_task", "args": [{"seconds": 0.5}], "queue": "priority", "priority": 7},
-]
-
-
-def _emails_written_twice(group_hosts, load: Load) -> int:
-    ids = set(load.host.check_output(f"cat {load.ids}").split())
-    lines = "".join(
-        host.run("cat /var/lib/celery-app/mail-sink.log 2>/dev/null").stdout for host in group_hosts("workers")
-    )
-    written = Counter(json.loads(line)["task_id"] for line in lines.splitlines() if line.strip())
-    return sum(count - 1 for task_id, count in written.items() if task_id in ids and count > 1)
 
 
 def _wait(what: str, timeout: float, ready) -> float:
@@ -83,7 +63,7 @@ def test_stopping_a_rabbitmq_node_under_load_refuses_and_loses_nothing(
     dead_before = dead_letters(survivor)
 
     load = Load(api_host, "node-stop")
-    load.start(RATE, BODIES)
+    load.start(FAULT_RATE, FAULT_BODIES)
     time.sleep(10)
     victim.check_output("systemctl stop rabbitmq-server")
     stopped = time.monotonic()
@@ -119,7 +99,7 @@ def test_stopping_a_rabbitmq_node_under_load_refuses_and_loses_nothing(
     assert counts["lost"] == 0, report["missing_sample"]
     assert counts["dead_lettered"] == 0
     assert report["states"] == {"SUCCESS": report["submitted"]}
-    assert _emails_written_twice(group_hosts, load) == 0
+    assert emails_written_twice(group_hosts, load) == 0
     assert set(cluster_status(survivor)["running_nodes"]) == {node_name(host) for host in rabbitmq_nodes}
 
 
@@ -129,7 +109,7 @@ def test_redis_restart_and_outage_under_load_lose_and_dead_letter_nothing(rabbit
     # second of accepted tasks.
     dead_before = dead_letters(rabbitmq)
     load = Load(api_host, "redis-outage")
-    load.start(RATE, BODIES)
+    load.start(FAULT_RATE, FAULT_BODIES)
     time.sleep(8)
     redis_host.check_output("systemctl restart redis-server")
     time.sleep(10)
@@ -151,4 +131,4 @@ def test_redis_restart_and_outage_under_load_lose_and_dead_letter_nothing(rabbit
     assert counts["lost"] == 0, report["missing_sample"]
     assert counts["dead_lettered"] == 0
     assert report["states"] == {"SUCCESS": report["submitted"]}, "every accepted task must succeed"
-    assert _emails_written_twice(group_hosts, load) == 0
+    assert emails_written_twice(group_hosts, load) == 0

@@ -10,9 +10,11 @@ import redis.exceptions
 from django.contrib.auth.models import User
 from django.db import OperationalError, connections
 
+from celery_kit import outbox
 from signup.celery import app as celery_app
 from users import publish
 
+PUBLISH = outbox.publish
 ALICE = {"username": "alice", "email": "alice@example.com", "password": "correct horse"}
 
 
@@ -189,8 +191,8 @@ def test_an_unreachable_task_queue_gets_503_and_the_user_is_kept(client, monkeyp
     body = response.json()
     assert "task queue is unavailable" in body["error"]
     assert body["user"] == "alice"
-    # The gap the durable outbox will close: the user is committed, its
-    # welcome email is not queued, and signing up again gets 409.
+    # Without an outbox that can keep them (here: none configured), the user
+    # is committed, its welcome email is not queued, and signing up again gets 409.
     assert User.objects.filter(username="alice").exists()
     assert not sent_mail(mail_dir)
     monkeypatch.undo()
@@ -260,3 +262,40 @@ def test_an_unreachable_result_store_gets_503(client, monkeypatch):
 
     assert response.status_code == 503
     assert "result store is unavailable" in response.json()["error"]
+
+
+@pytest.fixture
+def broker_down_with_an_outbox(monkeypatch, tmp_path):
+    """The deployment's outbox on this host, and a broker that takes nothing (refuses connections)."""
+    path = tmp_path / "outbox.sqlite3"
+    celery_app.conf.celery_kit = {"outbox": {"path": str(path)}}
+
+    def refused(app, submission, confirm_timeout, retry_policy=None):
+        raise kombu.exceptions.OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(outbox, "publish", refused)
+    yield outbox.Outbox(path)
+    celery_app.conf.celery_kit = None
+
+
+def test_a_signup_while_the_broker_is_down_is_stored_and_its_email_sent_once_the_broker_is_back(
+    client, monkeypatch, mail_dir, broker_down_with_an_outbox
+):
+    box = broker_down_with_an_outbox
+    response = post_json(client, ALICE)
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert not sent_mail(mail_dir)
+    stored = [outbox.Submission.decode(entry) for _, entry in box.head(10)]
+    assert [s.id for s in stored] == [body["email_task"], body["analytics_task"]]
+    assert stored[0].args == ["alice", "alice@example.com"]
+    assert client.get(f"/tasks/{body['email_task']}").json()["state"] == "STORED"
+
+    # The broker is back: the relay sends them (here Celery runs them eagerly).
+    monkeypatch.setattr(outbox, "publish", PUBLISH)
+    relay = outbox.Relay(box, lambda submission: outbox.publish(celery_app, submission, confirm_timeout=1))
+    assert relay.drain_once() == 2
+    [message] = sent_mail(mail_dir)
+    assert "To: alice@example.com" in message.read_text()
+    assert box.depth() == 0

@@ -5,7 +5,8 @@ POST /signup      {"username", "email", "password"}, as JSON or form-encoded
                   400 bad input, 409 username taken, 413 body over
                   DATA_UPLOAD_MAX_MEMORY_SIZE, 415 other body types,
                   503 database or task queue unavailable
-GET  /tasks/<id>  -> 200 {"id", "state"}; 400 not a task id;
+GET  /tasks/<id>  -> 200 {"id", "state"} (STORED: waiting in this host's
+                  outbox for the broker); 400 not a task id;
                   503 result store unreachable
 GET  /healthz     -> 200 {"status": "ok"}; 503 when the database does not answer
 
@@ -30,7 +31,6 @@ from django.core.validators import validate_email
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.http import HttpRequest, JsonResponse
 
-from signup.celery import app as celery_app
 from users import publish
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,8 @@ def signup(request: HttpRequest) -> JsonResponse:
         return _error(409, f"the username {username} is taken")
     except PublishFailed as error:
         # The user exists, but its welcome email (or its analytics event, the
-        # second publish) is not queued, and a retried signup gets 409. The
-        # durable outbox that will replace users.publish closes this gap.
+        # second publish) is neither queued nor stored: the broker does not
+        # take it and the outbox is full or unwritable (or not configured).
         logger.error("user %s created, but its tasks could not be queued: %s", username, error.__cause__)
         return _error(
             503,
@@ -195,7 +195,7 @@ def task_state(request: HttpRequest, task_id: str) -> JsonResponse:
     if not TASK_ID_PATTERN.fullmatch(task_id):
         return _error(400, "not a task id")
     try:
-        state = celery_app.AsyncResult(task_id).state
+        state = publish.task_state(task_id)
     except RESULT_STORE_ERRORS as error:
         logger.warning("result store unavailable: %s", error)
         return _error(503, "the result store is unavailable, try again later")
