@@ -188,3 +188,20 @@ def test_workers_send_task_events_only_when_the_deployment_has_a_dashboard():
     assert kit_app(deployment_settings(task_events=True)).conf.worker_send_task_events is True
     with pytest.raises(deployment.DeploymentError, match="task_events must be true or false"):
         deployment.validate({**deployment.DEFAULTS, "task_events": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("outbox", "message"),
+    [
+        ({"path": "relative/outbox.sqlite3"}, "absolute path"),
+        ({"path": "/var/lib/x.sqlite3", "max_entries": 0}, "max_entries must be a positive integer"),
+        ({"path": "/var/lib/x.sqlite3", "max_bytes": True}, "max_bytes must be a positive integer"),
+        ({"path": "/var/lib/x.sqlite3", "size": 3}, "outbox must be an object"),
+        ("yes", "outbox must be an object"),
+    ],
+)
+def test_a_bad_outbox_setting_is_refused_naming_it(tmp_path, outbox, message):
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps({"outbox": outbox}))
+    with pytest.raises(deployment.DeploymentError, match=message):
+        deployment.load(path)
