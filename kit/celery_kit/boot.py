@@ -23,6 +23,8 @@ from celery_kit import deployment as deployment_module
 from celery_kit import settings as settings_module
 
 APP_ENV = "CELERY_KIT_APP"
+# Seconds a producer's AMQP socket may wait to read or write.
+PRODUCER_SOCKET_TIMEOUT = 5
 
 
 class AppNotFound(ImportError):
@@ -75,6 +77,16 @@ def producer_mode(app: Celery) -> None:
     threads), so every backend the app makes is built without it.
     """
     app.conf.result_backend_always_retry = False
+    if (app.conf.get("celery_kit") or {}).get("broker") == "rabbitmq":
+        # A broker under a memory or disk alarm stops reading from publishing
+        # connections: without socket timeouts, closing such a connection
+        # (after a publish whose confirm did not come) waits forever for the
+        # broker's reply. Producers only; workers keep kombu's defaults.
+        app.conf.broker_transport_options = {
+            **(app.conf.broker_transport_options or {}),
+            "read_timeout": PRODUCER_SOCKET_TIMEOUT,
+            "write_timeout": PRODUCER_SOCKET_TIMEOUT,
+        }
     make_backend = app._get_backend
 
     def backend_without_subscriptions() -> object:

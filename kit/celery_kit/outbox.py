@@ -315,6 +315,19 @@ def for_app(app: Any) -> Outbox | None:
     return from_settings(app.conf.get("celery_kit") or {})
 
 
+def _no_retry_after_a_timeout(exc: BaseException, interval: float) -> None:
+    """kombu's retry hook: a confirm that did not come in time is a broker that blocks publishers.
+
+    Another node of the same cluster blocks too (alarms are cluster-wide),
+    so the publish gives up at once (the submission goes to the outbox)
+    instead of trying every node, each for the whole confirm timeout. A
+    refused connection is still retried on the next node.
+    """
+    del interval
+    if isinstance(exc, TimeoutError):
+        raise exc
+
+
 def publish(app: Any, submission: Submission, confirm_timeout: float, retry_policy: dict | None = None) -> None:
     """Send a submission to the broker now; returns once the broker confirmed it (raises otherwise)."""
     options: dict[str, Any] = {}
@@ -330,7 +343,7 @@ def publish(app: Any, submission: Submission, confirm_timeout: float, retry_poli
     options.update(
         task_id=submission.id,
         retry=True,
-        retry_policy=retry_policy or app.conf.task_publish_retry_policy,
+        retry_policy={**(retry_policy or app.conf.task_publish_retry_policy), "errback": _no_retry_after_a_timeout},
         confirm_timeout=confirm_timeout,
     )
     task = app.tasks.get(submission.task)
