@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -399,8 +399,22 @@ def submit(
                     f" {box.path} is unavailable"
                 ) from exc
             log.warning("the broker did not take task %s (%s): storing it in the outbox", submission.id, exc)
+    if submission.queue is None:
+        # Resolved here, where the app's task modules are imported: the
+        # relay may not import them, and a task's own queue would be missed.
+        submission = replace(submission, queue=queue_of(app, task, submission.args, submission.kwargs))
     box.store(submission)
     return Receipt(submission.id, stored=True)
+
+
+def queue_of(app: Any, task: str, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """The queue a publish of task would go to: the task's own, else the app's routes; None: the default."""
+    registered = app.tasks.get(task)
+    if registered is not None and getattr(registered, "queue", None):
+        return getattr(registered.queue, "name", registered.queue)
+    route = app.amqp.router.route({}, task, args, kwargs, registered)
+    queue = route.get("queue")
+    return getattr(queue, "name", queue)
 
 
 def state(app: Any, box: Outbox | None, task_id: str) -> str:

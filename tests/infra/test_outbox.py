@@ -127,3 +127,41 @@ def test_the_whole_broker_down_and_the_api_host_restarted_refuse_and_lose_nothin
     assert report["states"] == {"SUCCESS": report["submitted"]}, "every accepted task must succeed"
     assert emails_written_twice(group_hosts, load) == 0
     assert outbox_status(api_host)["quarantined"] == 0
+
+
+def test_a_memory_alarm_under_load_refuses_and_loses_nothing(rabbitmq_nodes, api_host, group_hosts):
+    """RabbitMQ blocks every publisher while its memory alarm is on: the submissions wait in the outbox."""
+    node = rabbitmq_nodes[0]
+    watermark = node.check_output("rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().'")
+    dead_before = dead_letters(node)
+    load = Load(api_host, "memory-alarm")
+    load.start(FAULT_RATE, FAULT_BODIES)
+    time.sleep(5)
+    node.check_output("rabbitmqctl -q set_vm_memory_high_watermark absolute 1MB")
+    raised = time.monotonic()
+    try:
+        wait_until("submissions stored in the outbox", 60, lambda: outbox_status(api_host)["depth"] > 0)
+        time.sleep(20)
+    finally:
+        node.check_output(f"rabbitmqctl -q set_vm_memory_high_watermark {float(watermark):g}")
+    cleared = time.monotonic()
+    stored = outbox_status(api_host)["depth"]
+    wait_until("the relay emptying the outbox", 120, lambda: outbox_status(api_host)["depth"] == 0)
+    drained_after = round(time.monotonic() - cleared, 1)
+    time.sleep(5)
+    steady = load.stop()
+
+    report = load.wait_until_all_ran(timeout=240)
+    counts = fault_report(
+        f"RabbitMQ memory alarm for {round(cleared - raised)} s",
+        steady,
+        report,
+        dead_letters(node) - dead_before,
+    )
+    print(f"outbox: {stored} submissions held when the alarm cleared, emptied {drained_after} s later")
+    assert stored > 0
+    assert counts["refused"] == 0, steady["errors"]
+    assert counts["lost"] == 0, report["missing_sample"]
+    assert counts["dead_lettered"] == 0
+    assert report["states"] == {"SUCCESS": report["submitted"]}, "every accepted task must succeed"
+    assert emails_written_twice(group_hosts, load) == 0
