@@ -447,7 +447,14 @@ class Relay:
                 log.error("outbox entry %s cannot be read back (%s): kept in quarantine, not sent", seq, exc)
                 self.box.quarantine(seq, str(exc))
                 continue
-            self.send(submission)
+            try:
+                self.send(submission)
+            except PUBLISH_ERRORS:
+                raise  # the broker does not take it yet: this one first, again, later
+            except Exception as exc:  # this entry itself cannot be sent: keep it aside, go on
+                log.error("outbox entry %s (task %s) cannot be sent (%r): kept in quarantine", seq, submission.id, exc)
+                self.box.quarantine(seq, f"cannot be sent: {exc!r}")
+                continue
             # Confirmed: a crash from here to the delete sends it again (same id).
             self.box.remove(seq)
             count += 1

@@ -288,3 +288,21 @@ def test_a_due_time_already_past_is_sent_without_a_countdown():
     app.tasks["add"].apply_async = lambda args, kwargs, **options: published.update(options)
     outbox.publish(app, Submission(task="add", args=[1, 2], due=time.time() - 5), confirm_timeout=1)
     assert "countdown" not in published
+
+
+def test_an_entry_the_broker_can_never_take_is_quarantined_and_the_others_still_go(tmp_path):
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    good = _submissions(2)
+    box.store(good[0])
+    box.store(Submission(task="add", priority=42))  # no broker has a priority 42
+    box.store(good[1])
+    app = kit_app()
+    sent = []
+
+    def send(submission):
+        outbox.publish(app, submission, confirm_timeout=1)  # raises ValueError on the bad priority
+        sent.append(submission)
+
+    Relay(box, send).drain_once()
+    assert sent == good
+    assert box.stats()["quarantined"] == 1
