@@ -16,9 +16,10 @@ what a user would notice (count_fault, a pure function of the records):
   skipped (celery-kit:duplicates), harmless;
 - longest wait for a 2xx: the slowest accepted submission, in seconds;
 - recovery: seconds from the fault's end until completions are back at the
-  submission rate: the first moment from which the next RECOVERY_SPAN
-  seconds complete at least RECOVERY_SHARE of the accepted rate measured
-  before the fault; None if that never happens while the run is observed.
+  submission rate: the first second from the fault's end on that completes
+  at least RECOVERY_SHARE of the accepted rate measured before the fault,
+  and so do the RECOVERY_SPAN seconds it starts, on average; None if that
+  never happens while the run is observed.
 
 Every wait and the load itself are bounded in time; the traffic goes to the
 deployment's own containers only (docker exec, the deployment's network).
@@ -423,10 +424,15 @@ def recovery_seconds(
     span: int = RECOVERY_SPAN,
     share: float = RECOVERY_SHARE,
 ) -> int | None:
-    """Seconds from fault_end (an index) until a span of completions runs at share of the baseline rate."""
-    needed = share * baseline_rate * span
+    """Seconds from fault_end (an index) until completions run at share of the baseline rate.
+
+    The first second from fault_end on that completes at least share of the
+    baseline, and with the span of seconds it starts at least share of the
+    baseline times span (one lucky second is not a recovery).
+    """
+    needed = share * baseline_rate
     for start in range(max(0, fault_end), len(completions) - span + 1):
-        if sum(completions[start : start + span]) >= needed:
+        if completions[start] >= needed and sum(completions[start : start + span]) >= needed * span:
             return start - fault_end
     return None
 

@@ -83,7 +83,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(
         "lost: accepted, never succeeded; dead-l.: dead-lettered; twice: welcome emails sent twice;"
         " skipped: redelivered copies the at-most-once guard skipped; recovery: fault end until"
-        " completions are back at 80% of the submission rate for 5 s"
+        " completions are back at 80% of the submission rate (that second and the 5 s it starts)"
     )
     return "\n".join(lines)
 
