@@ -327,7 +327,8 @@ def sentinel_primary_or_none(kit: Deployment) -> str | None:
 def _api_healthy(kit: Deployment) -> bool:
     api = kit.container("api")
     return (
-        sh(api, "curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8000/healthz || true", timeout=30) != ""
+        sh(api, "curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8000/healthz", check=False, timeout=30)
+        == "200"
     )
 
 
@@ -510,7 +511,7 @@ def _load_command(kit: Deployment, host: str) -> str:
     if host == kit.container("api"):
         return LOAD
     api = _address(kit.container("api"), network(kit))
-    return f"CELERY_KIT_LOADGEN_API=http://{api}:8000/tasks {LOAD}"
+    return f"env CELERY_KIT_LOADGEN_API=http://{api}:8000/tasks {LOAD}"
 
 
 def _loadgen(kit: Deployment, host: str, *args: str, timeout: float = 600) -> dict[str, Any]:
