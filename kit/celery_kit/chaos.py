@@ -552,11 +552,11 @@ def run_fault(kit: Deployment, fault: Fault, timing: Timing = FULL) -> dict[str,
     dead_after = dead_letters(kit)
     counts = count_fault(
         records,
-        succeeded,
-        window,
-        dead_after - dead_before,
-        dict(kit.welcome_emails_sent()),
-        report["duplicate_executions_skipped"],
+        succeeded=succeeded,
+        window=window,
+        dead_lettered=dead_after - dead_before,
+        emails=dict(kit.welcome_emails_sent()),
+        skipped=report["duplicate_executions_skipped"],
     )
     counts["states"] = report["states"]
     return {**result, "applicable": True, "timing": asdict(timing), "counts": counts}
