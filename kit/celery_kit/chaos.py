@@ -194,7 +194,7 @@ def worker_host_restart(kit: Deployment, timing: Timing) -> tuple[float, float]:
     _wait(
         f"{host}'s workers running",
         180,
-        lambda: "active" in sh(host, "systemctl is-active celery-workers.target || true"),
+        lambda: sh(host, "systemctl is-active celery-workers.target", check=False).strip() == "active",
     )
     return started, time.time()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 COLUMNS = [
     ("fault", 42),
+    ("rate/s", 6),
     ("accepted", 8),
     ("refused", 7),
     ("lost", 4),
@@ -50,6 +51,7 @@ def row(result: dict[str, Any]) -> list[str]:
     recovery = counts["recovery_s"]
     return [
         title(result),
+        f"{counts['baseline_per_s']:.1f}",
         str(counts["accepted"]),
         str(counts["refused"]),
         str(counts["lost"]),
@@ -81,7 +83,7 @@ def table(results: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append(
-        "lost: accepted, never succeeded; dead-l.: dead-lettered; twice: welcome emails sent twice;"
+        "rate/s: submissions accepted a second before the fault; lost: accepted, never succeeded; dead-l.: dead-lettered; twice: welcome emails sent twice;"
         " skipped: redelivered copies the at-most-once guard skipped; recovery: fault end until"
         " completions are back at 80% of the submission rate (that second and the 5 s it starts)"
     )

@@ -123,9 +123,9 @@ def test_the_table_has_a_row_per_fault_and_says_not_applicable_instead_of_counts
     }
     text = chaosreport.table({"faults": [_full("broker-outage"), missing]})
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["fault", "accepted", "refused"]
+    assert lines[0].split()[:4] == ["fault", "rate/s", "accepted", "refused"]
     outage = next(line for line in lines if line.startswith("every RabbitMQ node stopped for 30 s"))
-    assert outage.split()[-10:] == ["300", "0", "0", "0", "0", "0", "0.05", "s", "0", "s"]
+    assert outage.split()[-11:] == ["10.0", "300", "0", "0", "0", "0", "0", "0.05", "s", "0", "s"]
     absent = next(line for line in lines if line.startswith("Redis primary lost"))
     assert "not applicable: the deployment has 1 Redis host(s)" in absent
     assert "passed" not in text
