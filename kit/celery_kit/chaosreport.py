@@ -83,7 +83,8 @@ def table(results: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append(
-        "rate/s: submissions accepted a second before the fault; lost: accepted, never succeeded; dead-l.: dead-lettered; twice: welcome emails sent twice;"
+        "rate/s: submissions accepted a second before the fault; lost: accepted, never succeeded;"
+        " dead-l.: dead-lettered; twice: welcome emails sent twice;"
         " skipped: redelivered copies the at-most-once guard skipped; recovery: fault end until"
         " completions are back at 80% of the submission rate (that second and the 5 s it starts)"
     )
