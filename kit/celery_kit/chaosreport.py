@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    ("fault", 42),
+    ("fault", 50),
     ("rate/s", 6),
     ("accepted", 8),
     ("refused", 7),
