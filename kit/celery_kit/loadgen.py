@@ -14,8 +14,8 @@ where the kit is installed: python -m celery_kit.loadgen ACTION ...
                                   one JSON line per submission in IDS.records
                                   (when it was sent, its status, how long it
                                   waited for the answer, the id if accepted)
-  load.py finished IDS            when each finished id finished (date_done
-                                  of its result, seconds since the epoch)
+  load.py finished IDS            when each succeeded id finished (date_done
+                                  of its SUCCESS result, seconds since the epoch)
   load.py check IDS               which ids have not run (no celery-kit:done:<id>
                                   in Redis db 2), how many ran twice (copies
                                   the app skipped, celery-kit:duplicates), and
@@ -23,7 +23,8 @@ where the kit is installed: python -m celery_kit.loadgen ACTION ...
   load.py order IDS               the finished ids, in the order they finished
                                   (date_done of their results)
 
-Each prints one JSON summary line.
+Each prints one JSON summary line. CELERY_KIT_LOADGEN_API (an http:// URL)
+posts to another host's API instead of 127.0.0.1:8000.
 """
 
 from __future__ import annotations
