@@ -176,7 +176,7 @@ molecule: venv ## Molecule scenarios default (3-node cluster: deploy, idempotenc
 	scripts/timed.sh "molecule migration" molecule test --scenario-name migration
 	scripts/timed.sh "molecule apps" molecule test --scenario-name apps
 
-chaos: venv ## Heavy fault scenarios, not in make test: the RabbitMQ cluster grows 1 -> 3 -> 5 and shrinks to 3 under load, counted
+chaos: venv ## Heavy fault scenarios, not in make test: the RabbitMQ cluster grows 1 -> 3 -> 5 and shrinks to 3 under load, then ten faults one at a time under load, counted (table, .cache/chaos-faults-chaos.json and .png)
 	scripts/ensure-docker.sh
 	scripts/timed.sh "molecule chaos" molecule test --scenario-name chaos
 

@@ -14,6 +14,7 @@ On the controller (make runs them):
     celery-kit aws ...               Terraform and Ansible for ENV=aws
     celery-kit bench-migration ...   benchmark of make migrate
     celery-kit bench-report FILE     print make bench's table and draw its chart
+    celery-kit chaos-report FILE     print make chaos's fault table and draw its timelines
 
 Each command has --help.
 """
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aws": ("aws", "main"),
     "bench-migration": ("bench", "main"),
     "bench-report": ("benchreport", "main"),
+    "chaos-report": ("chaosreport", "main"),
 }
 
 

@@ -10,7 +10,12 @@ where the kit is installed: python -m celery_kit.loadgen ACTION ...
                                   post RATE times a second until the file STOP
                                   exists, cycling through the JSON bodies
                                   given (or the JSON list in FILE; default:
-                                  add); append ids, count refusals by status
+                                  add); append ids, count refusals by status;
+                                  one JSON line per submission in IDS.records
+                                  (when it was sent, its status, how long it
+                                  waited for the answer, the id if accepted)
+  load.py finished IDS            when each succeeded id finished (date_done
+                                  of its SUCCESS result, seconds since the epoch)
   load.py check IDS               which ids have not run (no celery-kit:done:<id>
                                   in Redis db 2), how many ran twice (copies
                                   the app skipped, celery-kit:duplicates), and
@@ -18,11 +23,13 @@ where the kit is installed: python -m celery_kit.loadgen ACTION ...
   load.py order IDS               the finished ids, in the order they finished
                                   (date_done of their results)
 
-Each prints one JSON summary line.
+Each prints one JSON summary line. CELERY_KIT_LOADGEN_API (an http:// URL)
+posts to another host's API instead of 127.0.0.1:8000.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -34,16 +41,21 @@ from collections import Counter
 
 import redis
 
-API = "http://127.0.0.1:8000/tasks"
+# The API this host posts to: its own, unless CELERY_KIT_LOADGEN_API names
+# another (the chaos suite restarts the api host, so it then posts from a
+# worker host to the api host's address).
+API = os.environ.get("CELERY_KIT_LOADGEN_API", "http://127.0.0.1:8000/tasks")
+if not API.startswith("http://"):
+    raise SystemExit(f"CELERY_KIT_LOADGEN_API must be an http:// URL, not {API}")
 DEFAULT_BODY = {"task": "add", "args": [1, 1]}
 
 
 def post(body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 (an http URL, checked above)
         API, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (fixed http URL)
+        with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (an http URL, checked above)
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, {"error": error.read().decode(errors="replace")}
@@ -70,12 +82,18 @@ def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> di
     failures: dict[str, int] = {}
     errors: list[str] = []
     started = time.monotonic()
-    with open(ids_path, "a", encoding="utf-8") as ids:
+    with open(ids_path, "a", encoding="utf-8") as ids, open(f"{ids_path}.records", "a", encoding="utf-8") as records:
         for body in itertools.cycle(bodies or [DEFAULT_BODY]):
             if os.path.exists(stop_path):
                 break
+            sent, sent_clock = time.time(), time.monotonic()
             status, reply = post(body)
-            if status == 202:
+            record = {"sent": round(sent, 3), "status": status, "wait": round(time.monotonic() - sent_clock, 3)}
+            if 200 <= status < 300:
+                record["id"] = reply["id"]
+            records.write(json.dumps(record) + "\n")
+            records.flush()
+            if 200 <= status < 300:
                 accepted += 1
                 ids.write(reply["id"] + "\n")
                 ids.flush()
@@ -135,6 +153,27 @@ def order(ids_path: str) -> dict:
     return {"finished": [task_id for _, task_id in sorted(finished)], "unfinished": len(ids) - len(finished)}
 
 
+def finished(ids_path: str) -> dict:
+    """When each succeeded id finished, from its result's date_done (UTC), in seconds since the epoch."""
+    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
+        config = json.load(config_file)
+    results = redis.Redis.from_url(config["result_backend"])
+    with open(ids_path, encoding="utf-8") as ids_file:
+        ids = list(dict.fromkeys(line.strip() for line in ids_file if line.strip()))
+    times: dict[str, float] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        for task_id, meta in zip(chunk, results.mget([f"celery-task-meta-{i}" for i in chunk]), strict=True):
+            result = json.loads(meta) if meta else {}
+            done = result.get("date_done") if result.get("status") == "SUCCESS" else None
+            if done:
+                moment = datetime.datetime.fromisoformat(done)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=datetime.UTC)
+                times[task_id] = round(moment.timestamp(), 3)
+    return {"finished": times, "unfinished": len(ids) - len(times)}
+
+
 def main() -> None:
     action, *args = sys.argv[1:]
     if action == "submit":
@@ -147,6 +186,8 @@ def main() -> None:
         result = steady(args[0], args[1], float(args[2]), bodies)
     elif action == "check":
         result = check(args[0])
+    elif action == "finished":
+        result = finished(args[0])
     elif action == "order":
         result = order(args[0])
     else:
