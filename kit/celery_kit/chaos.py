@@ -387,11 +387,6 @@ FAULTS = [
     Fault("network-cut", "worker host cut off the network", network_cut),
 ]
 BY_KEY = {fault.key: fault for fault in FAULTS}
-# Faults whose refusals are known until the API's durable outbox lands
-# (issue 13): the API answers 503 while the broker is down, and a publish
-# blocked by an alarm can outlast the client's 20 s. Remove a key once its
-# fault refuses nothing.
-REFUSES_UNTIL_OUTBOX = {"broker-outage", "api-restart-in-outage", "memory-alarm", "disk-alarm"}
 
 
 def seconds_of(fault: Fault, timing: Timing) -> float:
@@ -565,20 +560,15 @@ def run_fault(kit: Deployment, fault: Fault, timing: Timing = FULL) -> dict[str,
 
 
 def verdict(result: dict[str, Any]) -> tuple[str, str]:
-    """What a test makes of a result: "not applicable", "known refusals", "failed" or "passed", and why.
-
-    "known refusals": the only violation is refused submissions, under a
-    fault of REFUSES_UNTIL_OUTBOX (reported, and counted, as not passed).
-    """
+    """What a test makes of a result: "not applicable", "failed" or "passed", and why."""
     if not result["applicable"]:
         return "not applicable", result["reason"]
     found = violations(result)
-    message = f"{result['title']}: " + "; ".join(found) + f" (refusals by status: {result['counts']['refusals']})"
     if not found:
         return "passed", ""
-    if result["fault"] in REFUSES_UNTIL_OUTBOX and all(text.endswith("submissions refused") for text in found):
-        return "known refusals", message + "; the API answers 503 while the broker is down, until the outbox lands"
-    return "failed", message
+    return "failed", f"{result['title']}: " + "; ".join(
+        found
+    ) + f" (refusals by status: {result['counts']['refusals']})"
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:

@@ -85,14 +85,14 @@ def _result(key: str, **counts) -> dict:
     return {"fault": key, "title": chaos.BY_KEY[key].title, "applicable": True, "counts": {**base, **counts}}
 
 
-def test_verdicts_tell_passed_failed_known_refusals_and_not_applicable():
+def test_verdicts_tell_passed_failed_and_not_applicable():
     assert chaos.verdict(_result("worker-sigkill")) == ("passed", "")
     assert chaos.verdict(_result("worker-sigkill", lost=2))[0] == "failed"
-    assert chaos.verdict(_result("broker-outage", refused=40, refusals={"503": 40}))[0] == "known refusals"
+    assert chaos.verdict(_result("broker-outage", refused=40, refusals={"503": 40}))[0] == "failed"
     outage = chaos.verdict(_result("broker-outage", refused=40, lost=1))
     assert outage[0] == "failed" and "1 accepted tasks lost" in outage[1]
     assert chaos.verdict(_result("network-cut", refused=3))[0] == "failed"
-    assert chaos.verdict(_result("memory-alarm", refused=3))[0] == "known refusals"
+    assert chaos.verdict(_result("memory-alarm", refused=3))[0] == "failed"
     assert chaos.verdict(_result("worker-sigkill", accepted=0))[0] == "failed"
     missing = {"fault": "redis-primary-lost", "title": "x", "applicable": False, "reason": "one Redis host"}
     assert chaos.verdict(missing) == ("not applicable", "one Redis host")
