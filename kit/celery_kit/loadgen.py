@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-import redis
+from celery_kit import redisurl
 
 API = "http://127.0.0.1:8000/tasks"
 DEFAULT_BODY = {"task": "add", "args": [1, 1]}
@@ -96,8 +96,8 @@ def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> di
 def check(ids_path: str) -> dict:
     with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
-    locks = redis.Redis.from_url(config["locks_url"])
-    results = redis.Redis.from_url(config["result_backend"])
+    locks = redisurl.connect(config["locks_url"])
+    results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = [line.strip() for line in ids_file if line.strip()]
     missing: list[str] = []
@@ -125,7 +125,7 @@ def check(ids_path: str) -> dict:
 def order(ids_path: str) -> dict:
     with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
-    results = redis.Redis.from_url(config["result_backend"])
+    results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = [line.strip() for line in ids_file if line.strip()]
     finished = []

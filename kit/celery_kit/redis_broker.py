@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from kombu.utils.json import loads as kombu_loads
 
+from celery_kit import redisurl
 from celery_kit.envelopes import DELAY_QUEUES, MoveError, QueueSpec, Settings, has_eta, queue_for_route, redis_list_keys
 from celery_kit.rabbit import Rabbit
 
@@ -42,7 +43,7 @@ MOVED_KEEP_SECONDS = 7 * 86400
 def connect_redis(url: str) -> redis.Redis:
     """A Redis client named so the consumer check can tell it from workers."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, client_name=CLIENT_NAME)
+        client = redisurl.connect(url, socket_connect_timeout=5, socket_timeout=60, client_name=CLIENT_NAME)
         client.ping()
     except redis.RedisError as exc:
         raise MoveError(f"cannot reach Redis: {exc}") from exc
