@@ -103,25 +103,29 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
 
     load = Load(api_host, "redis-failover")
     load.start(RATE, BODIES)
-    time.sleep(8)
-    old_primary.check_output("systemctl stop redis-sentinel")
-    old_primary.check_output("systemctl kill --signal=SIGSTOP redis-server")
-    lost = time.monotonic()
     try:
-        while (address := sentinel_primary_address(replicas)) in (old_address, None):
-            assert time.monotonic() - lost < FAILOVER_LIMIT_SECONDS, "no replica was promoted"
-            time.sleep(0.2)
-        failover_seconds = round(time.monotonic() - lost, 1)
-        new_primary = next(host for host in replicas if address in host_addresses(host))
-        wait_until(
-            "the promoted replica takes writes", 30, lambda: _info(new_primary, "replication")["role"] == "master"
-        )
-        time.sleep(15)
+        time.sleep(8)
+        old_primary.check_output("systemctl stop redis-sentinel")
+        old_primary.check_output("systemctl kill --signal=SIGSTOP redis-server")
+        lost = time.monotonic()
+        try:
+            while (address := sentinel_primary_address(replicas)) in (old_address, None):
+                assert time.monotonic() - lost < FAILOVER_LIMIT_SECONDS, "no replica was promoted"
+                time.sleep(0.2)
+            failover_seconds = round(time.monotonic() - lost, 1)
+            new_primary = next(host for host in replicas if address in host_addresses(host))
+            wait_until(
+                "the promoted replica takes writes",
+                30,
+                lambda: _info(new_primary, "replication").get("role") == "master",
+            )
+            time.sleep(15)
+        finally:
+            # The old primary's host comes back: Sentinel makes it a replica.
+            old_primary.check_output("systemctl kill --signal=SIGCONT redis-server")
+            old_primary.check_output("systemctl start redis-sentinel")
     finally:
-        # The old primary's host comes back: Sentinel makes it a replica.
-        old_primary.check_output("systemctl kill --signal=SIGCONT redis-server")
-        old_primary.check_output("systemctl start redis-sentinel")
-    steady = load.stop()
+        steady = load.stop()
 
     report = load.wait_until_all_ran(timeout=240)
     dead_lettered = dead_letters(rabbitmq) - dead_before if rabbitmq else report["states"].get("FAILURE", 0)
@@ -144,6 +148,15 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
     kept = wait_for_result(api_host, kept_id)
     assert (kept["state"], kept["result"]) == ("SUCCESS", 42), "a result stored before the loss must stay readable"
 
+    _check_the_old_primary_rejoins(old_primary, address)
+    # A converge after the failover changes nothing and keeps the new primary.
+    changes = _converge_changes(pytestconfig)
+    redis_changes = {host: count for host, count in changes.items() if host != "localhost"}
+    assert redis_changes and all(count == 0 for count in redis_changes.values()), changes
+    assert sentinel_primary_address(redis_group) == address
+
+
+def _check_the_old_primary_rejoins(old_primary, address: str) -> None:
     def rejoined() -> bool:
         info = _info(old_primary, "replication")
         return info.get("role") == "slave" and info.get("master_link_status") == "up"
@@ -151,9 +164,3 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
     wait_until("the old primary back as a replica of the new one", 120, rejoined)
     assert _info(old_primary, "replication")["master_host"] == address
     assert sentinel_cli(old_primary, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "celery-kit").stdout.split()[0] == address
-
-    # A converge after the failover changes nothing and keeps the new primary.
-    changes = _converge_changes(pytestconfig)
-    redis_changes = {host: count for host, count in changes.items() if host != "localhost"}
-    assert redis_changes and all(count == 0 for count in redis_changes.values()), changes
-    assert sentinel_primary_address(redis_group) == address
