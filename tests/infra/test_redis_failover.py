@@ -1,8 +1,8 @@
 """Losing the Redis primary under load (several Redis hosts, Sentinel).
 
 A steady stream of tasks goes through the API while the primary's host is
-lost: its Redis freezes (SIGSTOP: it holds its connections and answers
-nothing, as a host cut off or hung does) and its Sentinel stops. The other
+lost: its container is killed (no clean shutdown: Redis and its Sentinel
+vanish with it, as with a host that crashed). The other
 two Sentinels agree it is down and promote a replica; workers, the API and
 the at-most-once guard ask the Sentinels for the new primary. The test
 counts what a user would notice (FAULT COUNTS: accepted, refused, lost,
@@ -64,6 +64,26 @@ def _replicas_in_sync(primary, replicas) -> bool:
     return True
 
 
+def _container(host) -> str | None:
+    return host.backend.name if host.backend.NAME == "docker" else None
+
+
+def _lose(host) -> None:
+    """The host is lost at once: its container killed (no clean shutdown), else its Redis and Sentinel stopped."""
+    if container := _container(host):
+        subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+    else:
+        host.check_output("systemctl stop redis-sentinel redis-server")
+
+
+def _bring_back(host) -> None:
+    if container := _container(host):
+        subprocess.run(["docker", "start", container], check=True, capture_output=True)
+        wait_until("the host back", 120, lambda: host.run("systemctl is-active redis-server").rc == 0)
+    else:
+        host.check_output("systemctl start redis-server redis-sentinel")
+
+
 def _converge_changes(pytestconfig) -> dict[str, int]:
     """Run site.yml on the Redis hosts; changed= per host from the PLAY RECAP."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
@@ -105,8 +125,7 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
     load.start(RATE, BODIES)
     try:
         time.sleep(8)
-        old_primary.check_output("systemctl stop redis-sentinel")
-        old_primary.check_output("systemctl kill --signal=SIGSTOP redis-server")
+        _lose(old_primary)
         lost = time.monotonic()
         try:
             while (address := sentinel_primary_address(replicas)) in (old_address, None):
@@ -122,15 +141,14 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
             time.sleep(15)
         finally:
             # The old primary's host comes back: Sentinel makes it a replica.
-            old_primary.check_output("systemctl kill --signal=SIGCONT redis-server")
-            old_primary.check_output("systemctl start redis-sentinel")
+            _bring_back(old_primary)
     finally:
         steady = load.stop()
 
     report = load.wait_until_all_ran(timeout=240)
     dead_lettered = dead_letters(rabbitmq) - dead_before if rabbitmq else report["states"].get("FAILURE", 0)
     counts = fault_report(
-        f"Redis primary {old_primary.backend.hostname} lost (frozen, its Sentinel stopped)",
+        f"Redis primary {old_primary.backend.hostname} lost (its host killed)",
         steady,
         report,
         dead_lettered,
