@@ -148,17 +148,24 @@ def redis_left(counts: dict[str, Any]) -> int:
     return counts["ready"] + counts["unacked"] + counts["unacked_other"] + counts["inflight"] + counts["unmovable"]
 
 
+# How Redis Sentinel names its connections to the servers it monitors.
+SENTINEL_CLIENT_PREFIX = "sentinel-"
+
+
 def redis_consumers(client: redis.Redis) -> list[str]:
     """Connections to the broker database that look like a consuming worker.
 
     A kombu Redis worker waits in BRPOP on its queues and subscribes to
-    Celery's broadcast channels; a producer (the API) does neither.
+    Celery's broadcast channels; a producer (the API) does neither. The
+    Sentinels (several Redis hosts) subscribe too, to their hello channel;
+    they name their connections sentinel-<id>-pubsub and -cmd.
     """
     db = str(client.connection_pool.connection_kwargs.get("db", 0))
     blocking = {"brpop", "blpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"}
     per_host: dict[str, list[int]] = {}
     for entry in client.client_list():
-        if entry.get("name") == CLIENT_NAME or str(entry.get("db")) != db:
+        name = str(entry.get("name") or "")
+        if name == CLIENT_NAME or name.startswith(SENTINEL_CLIENT_PREFIX) or str(entry.get("db")) != db:
             continue
         host = str(entry.get("addr", "?")).rsplit(":", 1)[0]
         waiting = int(entry.get("cmd") in blocking)
