@@ -104,7 +104,7 @@ endif
 verify: check-env venv ## Run the testinfra suite against the deployed hosts
 	$(ON_HOSTS) python -m pytest -p no:cacheprovider --ansible-inventory=$(INVENTORY) tests/infra
 
-status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers, Redis persistence and the api hosts' outboxes
+status: check-env venv ## Print queues (Ready/Unacked/Consumers), workers, Redis replication (with Sentinel) and persistence, the api hosts' outboxes
 	$(ON_HOSTS) $(PLAYBOOK) -e status_report_file=$(STATUS_FILE) playbooks/status.yml
 	celery-kit status $(STATUS_FILE)
 

@@ -21,6 +21,14 @@ locals {
     erlang_among_brokers    = { to = "rabbitmq", port = 25672, from = "rabbitmq", what = "Erlang distribution" }
     redis_from_workers      = { to = "redis", port = 6379, from = "workers", what = "Redis" }
     redis_from_api          = { to = "redis", port = 6379, from = "api", what = "Redis" }
+    # Several Redis hosts: replication to the replicas, and Redis Sentinel,
+    # which the Sentinels use among themselves and every client asks for
+    # the current primary.
+    redis_among_redis        = { to = "redis", port = 6379, from = "redis", what = "Redis replication" }
+    sentinel_among_redis     = { to = "redis", port = 26379, from = "redis", what = "Redis Sentinel" }
+    sentinel_from_workers    = { to = "redis", port = 26379, from = "workers", what = "Redis Sentinel" }
+    sentinel_from_api        = { to = "redis", port = 26379, from = "api", what = "Redis Sentinel" }
+    sentinel_from_monitoring = { to = "redis", port = 26379, from = "monitoring", what = "Redis Sentinel (Flower)" }
     # The monitoring host scrapes the exporters and RabbitMQ's metrics.
     rabbitmq_metrics_from_monitoring = { to = "rabbitmq", port = 15692, from = "monitoring", what = "RabbitMQ metrics" }
     redis_metrics_from_monitoring    = { to = "redis", port = 9121, from = "monitoring", what = "Redis exporter" }

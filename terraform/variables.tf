@@ -69,10 +69,10 @@ variable "az_count" {
 }
 
 variable "hosts" {
-  description = "Per inventory group: how many instances and of which type. rabbitmq: 1 (a single broker) or 3 and more (a cluster, spread over the zones), never 2; monitoring (Prometheus, Alertmanager): 0 or 1; by default 3 rabbitmq, 1 redis, 2 workers, 1 api, 1 monitoring."
+  description = "Per inventory group: how many instances and of which type. rabbitmq: 1 (a single broker) or 3 and more (a cluster, spread over the zones), never 2; redis: 1 (one server) or 3 and more (a primary, replicas and Redis Sentinel on each, failing over when the primary is lost), never 2; monitoring (Prometheus, Alertmanager): 0 or 1; by default 3 rabbitmq, 3 redis, 2 workers, 1 api, 1 monitoring."
   type = object({
     rabbitmq   = optional(object({ count = optional(number, 3), instance_type = optional(string, "t3.medium") }), {})
-    redis      = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
+    redis      = optional(object({ count = optional(number, 3), instance_type = optional(string, "t3.small") }), {})
     workers    = optional(object({ count = optional(number, 2), instance_type = optional(string, "t3.small") }), {})
     api        = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.micro") }), {})
     monitoring = optional(object({ count = optional(number, 1), instance_type = optional(string, "t3.small") }), {})
@@ -87,6 +87,11 @@ variable "hosts" {
       var.hosts.monitoring.count >= 0, var.hosts.monitoring.count <= 1,
     ])
     error_message = "Each group needs at least one host (monitoring: 0 or 1); at most 9 rabbitmq and 50 workers."
+  }
+
+  validation {
+    condition     = var.hosts.redis.count != 2
+    error_message = "hosts.redis.count must be 1, or 3 and more, not 2: Redis Sentinel needs a majority of its Sentinels (2 of 3) to promote a replica, so with 2 the one left after a host is lost can never fail over."
   }
 
   validation {

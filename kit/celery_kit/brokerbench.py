@@ -172,7 +172,7 @@ def wait_for_workers(app: Any, expected: int, timeout: float = 120) -> int:
 def celery_main(args: argparse.Namespace) -> dict[str, Any]:
     import os  # noqa: PLC0415
 
-    import redis  # noqa: PLC0415
+    from celery_kit import redisurl  # noqa: PLC0415
 
     os.environ["CELERY_KIT_DEPLOYMENT"] = args.file
     from celery_kit.boot import load, producer_mode  # noqa: PLC0415
@@ -181,7 +181,7 @@ def celery_main(args: argparse.Namespace) -> dict[str, Any]:
     # Publish as the API does: no result subscriptions, no waits for Redis.
     producer_mode(app)
     deployment = app.conf.celery_kit
-    results = redis.Redis.from_url(deployment["result_backend"])
+    results = redisurl.connect(deployment["result_backend"])
     workers = wait_for_workers(app, args.workers)
     task_name = "celery_kit.bench" if args.plain else "celery_kit.bench_guarded"
 
@@ -217,12 +217,15 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
     from kombu import Connection, Exchange, Queue  # noqa: PLC0415
 
     from celery_kit import deployment as deployment_module  # noqa: PLC0415
+    from celery_kit import redisurl  # noqa: PLC0415
     from celery_kit.topology import queue_arguments  # noqa: PLC0415
 
     deployment = deployment_module.load(args.file)
-    url = deployment_module.broker_urls(deployment)[0]
     rabbitmq = deployment["broker"] == "rabbitmq"
-    options = {"confirm_publish": True} if rabbitmq else {}
+    # The Redis broker through Sentinel (several Redis hosts): every
+    # Sentinel, and the group's name in the transport options.
+    url = deployment_module.broker_urls(deployment)[0] if rabbitmq else redisurl.celery_url(deployment["broker_url"])
+    options = {"confirm_publish": True} if rabbitmq else redisurl.transport_options(deployment["broker_url"])
     kind = deployment["queues"][0].get("type") if rabbitmq else None
     exchange = Exchange("bench-raw", type="direct", durable=True)
     queue = Queue(

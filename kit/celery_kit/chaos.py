@@ -291,7 +291,8 @@ def network(kit: Deployment) -> str:
 def sentinel_primary(kit: Deployment) -> str:
     """The Redis host Sentinel names as the primary (get-master-addr-by-name)."""
     hosts = kit.containers("redis")
-    auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/sentinel.conf 2>/dev/null)"
+    # Sentinel's own rewrites of its file quote the password.
+    auth = 'REDISCLI_AUTH=$(awk \'$1 == "requirepass" {gsub(/"/, "", $2); print $2}\' /etc/redis/sentinel.conf)'
     out = sh(
         hosts[0],
         f"{auth} redis-cli --no-auth-warning -p {SENTINEL_PORT} sentinel get-master-addr-by-name {SENTINEL_MASTER}",

@@ -31,6 +31,7 @@ from typing import Any
 import amqp
 import redis
 
+from celery_kit import redisurl
 from celery_kit.rabbit import AmqpMessage, BrokerError, Rabbit
 
 # RabbitMQ's own headers about a message's deaths and deliveries; a replayed
@@ -157,7 +158,7 @@ def walk(rabbit: Rabbit, queue: str, limit: int) -> list[tuple[amqp.Message, dic
 
 
 def command_list(rabbit: Rabbit, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    results = redis.Redis.from_url(config["result_url"], socket_timeout=5) if config.get("result_url") else None
+    results = redisurl.connect(config["result_url"], socket_timeout=5) if config.get("result_url") else None
     entries = []
     for _, entry in walk(rabbit, config["dead_letter_queue"], args.limit):
         entries.append({**entry, "exception": exception_of(results, entry["id"])})

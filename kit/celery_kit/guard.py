@@ -42,6 +42,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
+from celery_kit import redisurl
+
 logger = get_task_logger(__name__)
 
 DONE_KEY = "celery-kit:done:{}"
@@ -132,7 +134,7 @@ class AtMostOnceTask(Task):
     @cached_property
     def locks(self) -> redis.Redis | None:
         url = deployment_setting(self.app, "locks_url")
-        return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5) if url else None
+        return redisurl.connect(url, socket_connect_timeout=2, socket_timeout=5) if url else None
 
     def keep_seconds(self) -> int:
         """How long a finished id is remembered: as long as its result."""

@@ -39,7 +39,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-import redis
+from celery_kit import redisurl
 
 # The API this host posts to: its own, unless CELERY_KIT_LOADGEN_API names
 # another (the chaos suite restarts the api host, so it then posts from a
@@ -114,8 +114,8 @@ def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> di
 def check(ids_path: str) -> dict:
     with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
-    locks = redis.Redis.from_url(config["locks_url"])
-    results = redis.Redis.from_url(config["result_backend"])
+    locks = redisurl.connect(config["locks_url"])
+    results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = [line.strip() for line in ids_file if line.strip()]
     missing: list[str] = []
@@ -143,7 +143,7 @@ def check(ids_path: str) -> dict:
 def order(ids_path: str) -> dict:
     with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
-    results = redis.Redis.from_url(config["result_backend"])
+    results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = [line.strip() for line in ids_file if line.strip()]
     finished = []
@@ -157,7 +157,7 @@ def finished(ids_path: str) -> dict:
     """When each succeeded id finished, from its result's date_done (UTC), in seconds since the epoch."""
     with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
         config = json.load(config_file)
-    results = redis.Redis.from_url(config["result_backend"])
+    results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = list(dict.fromkeys(line.strip() for line in ids_file if line.strip()))
     times: dict[str, float] = {}

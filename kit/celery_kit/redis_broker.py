@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from kombu.utils.json import loads as kombu_loads
 
+from celery_kit import redisurl
 from celery_kit.envelopes import DELAY_QUEUES, MoveError, QueueSpec, Settings, has_eta, queue_for_route, redis_list_keys
 from celery_kit.rabbit import Rabbit
 
@@ -42,7 +43,7 @@ MOVED_KEEP_SECONDS = 7 * 86400
 def connect_redis(url: str) -> redis.Redis:
     """A Redis client named so the consumer check can tell it from workers."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=60, client_name=CLIENT_NAME)
+        client = redisurl.connect(url, socket_connect_timeout=5, socket_timeout=60, client_name=CLIENT_NAME)
         client.ping()
     except redis.RedisError as exc:
         raise MoveError(f"cannot reach Redis: {exc}") from exc
@@ -147,17 +148,24 @@ def redis_left(counts: dict[str, Any]) -> int:
     return counts["ready"] + counts["unacked"] + counts["unacked_other"] + counts["inflight"] + counts["unmovable"]
 
 
+# How Redis Sentinel names its connections to the servers it monitors.
+SENTINEL_CLIENT_PREFIX = "sentinel-"
+
+
 def redis_consumers(client: redis.Redis) -> list[str]:
     """Connections to the broker database that look like a consuming worker.
 
     A kombu Redis worker waits in BRPOP on its queues and subscribes to
-    Celery's broadcast channels; a producer (the API) does neither.
+    Celery's broadcast channels; a producer (the API) does neither. The
+    Sentinels (several Redis hosts) subscribe too, to their hello channel;
+    they name their connections sentinel-<id>-pubsub and -cmd.
     """
     db = str(client.connection_pool.connection_kwargs.get("db", 0))
     blocking = {"brpop", "blpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax", "blmpop", "bzmpop"}
     per_host: dict[str, list[int]] = {}
     for entry in client.client_list():
-        if entry.get("name") == CLIENT_NAME or str(entry.get("db")) != db:
+        name = str(entry.get("name") or "")
+        if name == CLIENT_NAME or name.startswith(SENTINEL_CLIENT_PREFIX) or str(entry.get("db")) != db:
             continue
         host = str(entry.get("addr", "?")).rsplit(":", 1)[0]
         waiting = int(entry.get("cmd") in blocking)

@@ -34,6 +34,7 @@ from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from kombu import Queue
 
 from celery_kit import deployment as deployment_module
+from celery_kit import redisurl
 from celery_kit.topology import DEFAULT_EXCHANGE, EXCHANGE_TYPE, PRIORITY_MIN, broker_priority, build_queues
 
 HEALTH_TASK = "celery_kit.health"
@@ -88,6 +89,9 @@ ENVIRONMENT_OVERRIDES = (
     "CELERY_BROKER_WRITE_URL",
     "CELERY_RESULT_BACKEND",
 )
+# How a producer on the Redis broker behind Sentinel retries a publish: about
+# 12 s in all, longer than a failover (roles/redis/defaults/main.yml).
+SENTINEL_PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1.0}
 # The transport option behind publisher confirms, on RabbitMQ.
 CONFIRM_REASON = "a publish returns before RabbitMQ has taken the message, so a broker failure loses it"
 
@@ -114,8 +118,12 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
     default_queue = deployment["default_queue"]
     urls = deployment_module.broker_urls(deployment)
     settings: dict[str, Any] = {
-        "broker_url": deployment["broker_url"],
-        "result_backend": deployment["result_backend"],
+        # With several Redis hosts these name their Sentinels (the kit's
+        # sentinel:// URLs, celery_kit.redisurl): the URL goes to Celery
+        # without the kit's query, the group's name and the Sentinels'
+        # password go in the transport options.
+        "broker_url": redisurl.celery_url(deployment["broker_url"]),
+        "result_backend": redisurl.celery_url(deployment["result_backend"]),
         "task_queues": build_queues(deployment["queues"]),
         "task_default_queue": default_queue,
         "task_default_exchange": DEFAULT_EXCHANGE,
@@ -141,6 +149,10 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
         "result_backend_max_sleep_between_retries_ms": 2000,
         "redis_socket_connect_timeout": 2,
         "redis_socket_timeout": 5,
+        # Results through Sentinel: each retry above asks the Sentinels for
+        # the primary again, so a write during a failover lands on the
+        # promoted replica once it is the primary.
+        "result_backend_transport_options": redisurl.transport_options(deployment["result_backend"]),
         # A task sent without a priority is the least urgent on both brokers
         # (kombu's Redis default, 0, would make it the most urgent there), so
         # a broker migration translating 9 - p keeps the order.
@@ -173,7 +185,16 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
             "queue_order_strategy": "priority",
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # Through Sentinel (several Redis hosts): the group's name and
+            # the Sentinels' password; kombu asks them for the primary on
+            # every (re)connection.
+            **redisurl.transport_options(deployment["broker_url"]),
         }
+        if redisurl.parse(deployment["broker_url"]).is_sentinel:
+            # A publish during a failover waits for the promoted replica
+            # (Sentinel needs down-after-milliseconds, 3 s, and about a
+            # second more) instead of failing the submission.
+            settings["task_publish_retry_policy"] = SENTINEL_PUBLISH_RETRY_POLICY
     return settings
 
 

@@ -3,7 +3,8 @@
 
 Exit status: 0 when all is well; 1 when something needs a look: an
 application queue without a consumer (tasks would pile up), a RabbitMQ node
-down, an alarm (memory or disk: publishers are blocked) or a network
+down, a Redis replica not connected to its primary (or not exactly one
+primary), an alarm (memory or disk: publishers are blocked) or a network
 partition; 2 when the status file cannot be read.
 Usage: celery-kit status STATUS_JSON
 """
@@ -188,6 +189,39 @@ def outbox_rows(outboxes: dict[str, str]) -> tuple[list[tuple[Any, ...]], list[s
     return rows, problems
 
 
+def redis_node_lines(nodes: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """With several Redis hosts: the primary, each replica with its link and lag, and what is wrong.
+
+    A replica's lag is how many bytes of the primary's replication stream it
+    has not applied yet (the primary's offset minus its own), and the
+    seconds since it last heard from the primary.
+    """
+    if not nodes:
+        return [], []
+    primaries = [node for node in nodes if node.get("role") == "master"]
+    primary_offset = int(primaries[0].get("master_repl_offset", 0)) if len(primaries) == 1 else None
+    rows: list[tuple[Any, ...]] = []
+    problems: list[str] = []
+    for node in nodes:
+        role = node.get("role")
+        if role == "master":
+            rows.append((node["host"], "primary", "-", node.get("connected_slaves", "-"), "-", "-"))
+        elif role == "slave":
+            link = str(node.get("master_link_status", "?"))
+            offset = int(node.get("slave_repl_offset", 0))
+            behind = primary_offset - offset if primary_offset is not None else "-"
+            rows.append((node["host"], "replica", link, "-", behind, node.get("master_last_io_seconds_ago", "-")))
+            if link != "up":
+                problems.append(f"Redis replica {node['host']} is not connected to its primary (link {link})")
+        else:
+            rows.append((node["host"], "unreachable", "-", "-", "-", "-"))
+            problems.append(f"Redis host {node['host']} did not answer")
+    if len(primaries) != 1:
+        problems.append(f"Redis has {len(primaries)} primaries, not 1: {', '.join(n['host'] for n in primaries)}")
+    headers = ("Redis host", "Role", "Link", "Replicas", "Bytes behind", "Last I/O s")
+    return ["Redis replication (Sentinel):", table(headers, rows)], problems
+
+
 def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     """A plain-text table: columns of numbers right-aligned, the others left-aligned."""
     numeric = [all(isinstance(row[i], int) or row[i] == "-" for row in rows) and i > 0 for i in range(len(headers))]
@@ -224,8 +258,11 @@ def report(status: dict[str, Any]) -> tuple[str, int]:
         idle = [name for name, _, _, count in rows if count == 0 and not name.startswith("(")]
     out += ["", f"Workers online: {len(active)}"]
     out += [f"  {node}: {', '.join(queues)}" for node, queues in sorted(active.items())]
+    lines, redis_problems = redis_node_lines(status.get("redis_nodes") or [])
+    out += ["", *lines] if lines else []
+    problems += redis_problems
     persistence = parse_persistence(status.get("redis_persistence") or {})
-    out += ["", "Redis persistence:"]
+    out += ["", "Redis persistence" + (" (primary):" if lines else ":")]
     out += [f"  {key}: {value}" for key, value in persistence.items()]
     if persistence.get("aof_enabled") != "1":
         out.append("  WARNING: the append-only file is off")

@@ -52,8 +52,8 @@ run "default_sizes" {
     error_message = "three rabbitmq hosts (a cluster) by default"
   }
   assert {
-    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "redis"]) == 1
-    error_message = "one redis host by default"
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "redis"]) == 3
+    error_message = "three redis hosts by default (a primary, two replicas, Sentinel on each)"
   }
   assert {
     condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "workers"]) == 2
@@ -156,6 +156,11 @@ run "security_groups_are_least_privilege" {
       "${aws_security_group.group["rabbitmq"].id}:25672:${aws_security_group.group["rabbitmq"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["workers"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["redis"].id}",
+      "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["redis"].id}",
+      "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["workers"].id}",
+      "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["rabbitmq"].id}:15692:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["redis"].id}:9121:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["rabbitmq"].id}:9100:${aws_security_group.group["monitoring"].id}",
@@ -165,7 +170,7 @@ run "security_groups_are_least_privilege" {
       "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["monitoring"].id}",
     ])
-    error_message = "AMQP from workers, api and the monitoring host (Flower), management only from workers and api, Erlang distribution only among brokers, Redis from workers, api and the monitoring host, metrics only from the monitoring host"
+    error_message = "AMQP from workers, api and the monitoring host (Flower), management only from workers and api, Erlang distribution only among brokers, Redis and Sentinel from workers, api and the monitoring host, replication and Sentinel among the Redis hosts, metrics only from the monitoring host"
   }
   assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.api_from_operator.from_port == 8000
@@ -184,7 +189,7 @@ run "security_groups_are_least_privilege" {
     error_message = "every rule explains itself in its description and in its Name and Purpose tags (moto keeps only the tags of group-referencing rules)"
   }
   assert {
-    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 16
+    condition     = length(distinct([for rule in values(aws_vpc_security_group_ingress_rule.service) : rule.tags["Name"]])) == 21
     error_message = "every service rule has a Name of its own"
   }
 }
@@ -251,8 +256,8 @@ run "counts_follow_the_hosts_variable" {
     error_message = "five c6i.large workers"
   }
   assert {
-    condition     = length(aws_instance.host) == 11
-    error_message = "3 rabbitmq + 1 redis + 5 workers + 1 api + 1 monitoring"
+    condition     = length(aws_instance.host) == 13
+    error_message = "3 rabbitmq + 3 redis + 5 workers + 1 api + 1 monitoring"
   }
 }
 
@@ -266,7 +271,7 @@ run "monitoring_can_be_left_out" {
   }
 
   assert {
-    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "monitoring"]) == 0 && length(aws_instance.host) == 7
+    condition     = length([for h in aws_instance.host : h if h.tags["Role"] == "monitoring"]) == 0 && length(aws_instance.host) == 9
     error_message = "hosts.monitoring.count = 0: no monitoring host"
   }
 }
@@ -347,6 +352,29 @@ run "two_rabbitmq_nodes_are_refused" {
   }
 
   expect_failures = [var.hosts]
+}
+
+run "two_redis_hosts_are_refused" {
+  command = plan
+
+  variables {
+    hosts = {
+      redis = { count = 2 }
+    }
+  }
+
+  expect_failures = [var.hosts]
+}
+
+run "the_redis_hosts_take_turns_over_the_zones" {
+  command = plan
+
+  assert {
+    condition = length(toset([for index in range(1, 4) :
+      one([for subnet in aws_subnet.private : subnet.availability_zone if subnet.id == aws_instance.host["redis-${index}"].subnet_id])
+    ])) == 3
+    error_message = "the 3 redis hosts (primary, replicas, Sentinels) are in 3 zones: losing one leaves a majority of Sentinels"
+  }
 }
 
 run "five_rabbitmq_nodes_over_three_zones" {

@@ -100,9 +100,44 @@ def rabbitmq_nodes(group_hosts, broker):
     return group_hosts("rabbitmq")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def redis_host(group_hosts):
-    return group_hosts("redis")[0]
+    """The Redis host that takes writes now: the only one, or the primary the Sentinels name."""
+    return redis_primary(group_hosts)
+
+
+# The group the Sentinels monitor (kit_redis_master_name).
+REDIS_MASTER_NAME = "celery-kit"
+
+
+def sentinel_cli(host, *args: str):
+    """Run redis-cli against the host's Sentinel, authenticated with its password."""
+    auth = 'REDISCLI_AUTH=$(awk \'$1 == "requirepass" {gsub(/"/, "", $2); print $2}\' /etc/redis/sentinel.conf) '
+    command = f"{auth}redis-cli --no-auth-warning -p 26379 " + " ".join(shlex.quote(a) for a in args)
+    return host.run("sh -c %s", command)
+
+
+def host_addresses(host) -> set[str]:
+    return set(host.check_output("hostname -I").split())
+
+
+def sentinel_primary_address(hosts) -> str | None:
+    """The primary's address as the first Sentinel that answers names it."""
+    for host in hosts:
+        answer = sentinel_cli(host, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", REDIS_MASTER_NAME)
+        lines = answer.stdout.split()
+        if answer.rc == 0 and len(lines) == 2:
+            return lines[0]
+    return None
+
+
+def redis_primary(group_hosts):
+    hosts = group_hosts("redis")
+    if len(hosts) == 1:
+        return hosts[0]
+    address = sentinel_primary_address(hosts)
+    assert address, "no Sentinel names a Redis primary"
+    return next(host for host in hosts if address in host_addresses(host))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 # moto_server on a free loopback port, no AWS account, no network.
 #
 #   1. terraform init, apply (deployment "ci", the default sizes: 3 rabbitmq,
-#      1 redis, 2 workers, 1 api over 3 availability zones), then plan
+#      3 redis, 2 workers, 1 api over 3 availability zones), then plan
 #      -detailed-exitcode must find nothing to change, also with another
 #      AMI (the instances ignore it); 2 rabbitmq nodes are refused;
 #   2. a second deployment (environment "other", 1 rabbitmq) applied into
@@ -158,7 +158,7 @@ PY
 common_vars=(-var "region=$AWS_REGION" -var "operator_cidr=203.0.113.0/24" -var "key_name=tf-moto-test" -var "ami_id=$ami")
 # ci: the default sizes and zones of terraform/variables.tf.
 ci_vars=("${common_vars[@]}" -var "environment=ci")
-ci_counts='{"rabbitmq": 3, "redis": 1, "workers": 2, "api": 1, "monitoring": 1}'
+ci_counts='{"rabbitmq": 3, "redis": 3, "workers": 2, "api": 1, "monitoring": 1}'
 ci_az_count=3
 # other: the smallest sizes, no monitoring host, and a second group of worker hosts.
 other_vars=("${common_vars[@]}" -var "environment=other"
@@ -172,7 +172,7 @@ in_workspace() {
   terraform_ "$@"
 }
 
-step "terraform apply (environment ci: 3 rabbitmq, 1 redis, 2 workers, 1 api, 1 monitoring)"
+step "terraform apply (environment ci: 3 rabbitmq, 3 redis, 2 workers, 1 api, 1 monitoring)"
 in_workspace ci apply -auto-approve -input=false -no-color "${ci_vars[@]}" >"$work/apply-ci.log" 2>&1 || {
   cat "$work/apply-ci.log" >&2
   fail "terraform apply (ci)"

@@ -694,6 +694,15 @@ def test_consuming_connections_are_counted_per_host():
     assert rb_.redis_consumers(client) == ["10.0.0.7 (2 in BRPOP, 1 subscribed)", "10.0.0.8 (1 in BRPOP, 0 subscribed)"]
 
 
+def test_the_sentinels_subscribed_to_their_hello_channel_do_not_block_the_move():
+    client = FakeRedis()
+    client.clients += [
+        {"name": "sentinel-d2e9a633-pubsub", "db": "0", "cmd": "subscribe", "sub": "1", "addr": "10.0.0.20:1"},
+        {"name": "sentinel-d2e9a633-cmd", "db": "0", "cmd": "ping", "addr": "10.0.0.20:2"},
+    ]
+    assert rb_.redis_consumers(client) == []
+
+
 def test_a_producer_or_another_database_does_not_block_the_move():
     client = loaded_redis()
     client.clients += [

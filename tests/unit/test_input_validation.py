@@ -39,6 +39,9 @@ def _run(playbook: str, extra_vars: dict):
         ("rabbitmq", {"rabbitmq_plugins": ["prometheus"]}, "rabbitmq_plugins"),
         ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
         ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
+        # Sentinel needs 3 hosts and its password.
+        ("redis", {"redis_sentinel_hosts": ["127.0.0.1", "10.0.0.2"]}, "redis_sentinel_hosts"),
+        ("redis", {"redis_sentinel_hosts": ["127.0.0.1", "10.0.0.2", "10.0.0.3"]}, "redis_sentinel_password"),
         ("node_exporter", {"node_exporter_port": "ninety"}, "node_exporter_port"),
         ("redis_exporter", {"redis_exporter_redis_password": None}, "redis_exporter_redis_password"),
         ("prometheus", {"prometheus_scrape_jobs": None}, "prometheus_scrape_jobs"),
@@ -62,6 +65,14 @@ def test_a_two_node_cluster_is_refused_before_any_host_is_created():
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "RABBITMQ_HOSTS=2 (local_rabbitmq_hosts) is refused" in output
+    assert "changed=0" in output
+
+
+def test_two_redis_hosts_are_refused_before_any_host_is_created():
+    result = _run("playbooks/local-hosts.yml", {"local_redis_hosts": 2, "kit_environment": "input-validation"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "REDIS_HOSTS=2 (local_redis_hosts) is refused" in output
     assert "changed=0" in output
 
 

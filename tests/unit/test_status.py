@@ -170,3 +170,43 @@ def test_an_outbox_that_needs_a_look_fails(figures, problem):
     text, code = status.report(_status(outboxes={"api-1": figures}))
     assert code == 1
     assert problem in text
+
+
+REDIS_NODES = [
+    {"host": "redis-1", "role": "slave", "master_link_status": "up", "slave_repl_offset": 900,
+     "master_last_io_seconds_ago": 1},
+    {"host": "redis-2", "role": "master", "connected_slaves": 2, "master_repl_offset": 1000},
+    {"host": "redis-3", "role": "slave", "master_link_status": "up", "slave_repl_offset": 1000,
+     "master_last_io_seconds_ago": 0},
+]  # fmt: skip
+
+
+def test_several_redis_hosts_show_the_primary_and_each_replicas_lag():
+    text, code = status.report(_status(redis_nodes=REDIS_NODES))
+    assert code == 0, text
+    assert "Redis replication (Sentinel):" in text
+    assert _row(text, "redis-2") == ["primary", "-", 2, "-", "-"]
+    assert _row(text, "redis-1") == ["replica", "up", "-", 100, 1]
+    assert _row(text, "redis-3") == ["replica", "up", "-", 0, 0]
+    assert "Redis persistence (primary):" in text
+
+
+def test_a_replica_cut_from_its_primary_fails():
+    nodes = [dict(REDIS_NODES[0], master_link_status="down"), *REDIS_NODES[1:]]
+    text, code = status.report(_status(redis_nodes=nodes))
+    assert code == 1
+    assert "ERROR: Redis replica redis-1 is not connected to its primary (link down)" in text
+
+
+def test_two_primaries_fail():
+    nodes = [REDIS_NODES[1], dict(REDIS_NODES[1], host="redis-3")]
+    text, code = status.report(_status(redis_nodes=nodes))
+    assert code == 1
+    assert "Redis has 2 primaries, not 1: redis-2, redis-3" in text
+
+
+def test_one_redis_host_shows_no_replication():
+    text, code = status.report(_status())
+    assert code == 0
+    assert "Redis replication" not in text
+    assert "Redis persistence:" in text
