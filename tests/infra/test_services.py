@@ -6,7 +6,7 @@ SERVICES = {
     "rabbitmq": ["rabbitmq-server"],
     "redis": ["redis-server"],
     "workers": ["celery-workers.target"],
-    "api": ["celery-api"],
+    "api": ["celery-api", "celery-outbox-relay"],
 }
 
 
@@ -24,5 +24,9 @@ def test_services_are_running_and_enabled(group_hosts, broker, group):
 def test_app_services_run_unprivileged(group_hosts):
     for group in ("workers", "api"):
         for host in group_hosts(group):
-            users = host.check_output("ps -o user= -C celery,gunicorn | sort -u").split()
+            # The app's processes (the release's python: workers, gunicorn, the
+            # outbox relay), not the load generator the fault tests run as root.
+            users = host.check_output(
+                "ps -eo user:32=,args= | awk '$2 ~ \"^/opt/celery-app/\" && !/celery_kit.loadgen/ {print $1}' | sort -u"
+            ).split()
             assert users == ["celeryapp"], f"{host.backend.hostname} runs the app as {users}"
