@@ -70,6 +70,9 @@ DEFAULT_MAX_BYTES = deployment.DEFAULTS["outbox"]["max_bytes"]
 # waiting.
 SUBMIT_CONFIRM_TIMEOUT = 2.0
 RELAY_CONFIRM_TIMEOUT = 10.0
+# Publish retries a submission makes before it is stored (each RabbitMQ node
+# of a cluster of 3 is tried once; a Redis broker's failover is not waited out).
+SUBMIT_MAX_RETRIES = 3
 # Seconds SQLite waits for another process's write lock before it gives up.
 LOCK_TIMEOUT = 10.0
 
@@ -390,7 +393,7 @@ def submit(
         waiting = None  # logged; the broker may still take it
     if not waiting:
         try:
-            publish(app, submission, SUBMIT_CONFIRM_TIMEOUT)
+            publish(app, submission, SUBMIT_CONFIRM_TIMEOUT, submit_retry_policy(app))
             return Receipt(submission.id, stored=False)
         except PUBLISH_ERRORS as exc:
             if waiting is None:
@@ -415,6 +418,14 @@ def queue_of(app: Any, task: str, args: list[Any], kwargs: dict[str, Any]) -> st
     route = app.amqp.router.route({}, task, args, kwargs, registered)
     queue = route.get("queue")
     return getattr(queue, "name", queue)
+
+
+def submit_retry_policy(app: Any) -> dict[str, Any]:
+    """The app's publish retries, at most SUBMIT_MAX_RETRIES: with an outbox to fall back on, a
+    submission need not wait out a failover (the relay sends it once the broker is back)."""
+    policy = dict(app.conf.task_publish_retry_policy)
+    policy["max_retries"] = min(policy.get("max_retries", SUBMIT_MAX_RETRIES), SUBMIT_MAX_RETRIES)
+    return policy
 
 
 def state(app: Any, box: Outbox | None, task_id: str) -> str:

@@ -306,3 +306,13 @@ def test_an_entry_the_broker_can_never_take_is_quarantined_and_the_others_still_
     Relay(box, send).drain_once()
     assert sent == good
     assert box.stats()["quarantined"] == 1
+
+
+def test_a_submission_with_an_outbox_does_not_wait_out_a_redis_failover():
+    # Behind Sentinel the app retries a publish for about 12 s (a failover);
+    # a submission that can fall back on the outbox retries 3 times only.
+    sentinel_url = "sentinel://:pw@10.0.0.20:26379/0;sentinel://:pw@10.0.0.21:26379/0?master_name=celery-kit"
+    app = kit_app(deployment_settings(broker="redis", broker_url=sentinel_url))
+    assert app.conf.task_publish_retry_policy["max_retries"] == 12
+    assert outbox.submit_retry_policy(app)["max_retries"] == 3
+    assert outbox.submit_retry_policy(kit_app())["max_retries"] == 1  # one node: tried twice, then stored
