@@ -23,9 +23,12 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    FAULT_BODIES,
+    FAULT_RATE,
     ROOT,
     Load,
     dead_letters,
+    emails_written_twice,
     fault_report,
     host_addresses,
     redis_cli,
@@ -35,7 +38,6 @@ from conftest import (
     wait_for_result,
     wait_until,
 )
-from test_faults import BODIES, RATE, _emails_written_twice
 
 # Sentinel's down-after-milliseconds is 3 s (roles/redis/defaults/main.yml):
 # a failover must be done well within this.
@@ -122,7 +124,7 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
     wait_until("the replicas in sync with the primary", 60, lambda: _replicas_in_sync(old_primary, replicas))
 
     load = Load(api_host, "redis-failover")
-    load.start(RATE, BODIES)
+    load.start(FAULT_RATE, FAULT_BODIES)
     try:
         time.sleep(8)
         _lose(old_primary)
@@ -159,7 +161,7 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
     assert counts["dead_lettered"] == 0
     assert counts["run_twice"] == 0
     assert report["states"] == {"SUCCESS": report["submitted"]}, "every accepted task must succeed"
-    assert _emails_written_twice(group_hosts, load) == 0
+    assert emails_written_twice(group_hosts, load) == 0
     if broker == "rabbitmq":
         # The API publishes to RabbitMQ: a Redis failover refuses nothing.
         assert counts["refused"] == 0, steady["errors"]
