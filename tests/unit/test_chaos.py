@@ -93,6 +93,10 @@ def test_verdicts_tell_passed_failed_and_not_applicable():
     assert outage[0] == "failed" and "1 accepted tasks lost" in outage[1]
     assert chaos.verdict(_result("network-cut", refused=3))[0] == "failed"
     assert chaos.verdict(_result("memory-alarm", refused=3))[0] == "failed"
+    # The only api host restarting: no connection while it boots is not a refusal; any answer but 2xx is.
+    assert chaos.verdict(_result("api-restart-in-outage", refused=6, refusals={"0": 6}))[0] == "passed"
+    assert chaos.verdict(_result("api-restart-in-outage", refused=7, refusals={"0": 6, "503": 1}))[0] == "failed"
+    assert chaos.verdict(_result("network-cut", refused=2, refusals={"0": 2}))[0] == "failed"
     assert chaos.verdict(_result("worker-sigkill", accepted=0))[0] == "failed"
     missing = {"fault": "redis-primary-lost", "title": "x", "applicable": False, "reason": "one Redis host"}
     assert chaos.verdict(missing) == ("not applicable", "one Redis host")
