@@ -374,6 +374,8 @@ def submit(
     outbox. Raises OutboxFull or OutboxUnavailable (nothing was accepted)
     when it can be neither; without an outbox (box None), the publish error.
     """
+    if priority is not None:
+        broker_priority(priority, "rabbitmq")  # refused now (ValueError), not once stored
     submission = Submission(
         task=task,
         id=task_id or str(uuid.uuid4()),

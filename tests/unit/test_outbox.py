@@ -174,6 +174,8 @@ def test_arguments_that_cannot_be_stored_are_refused_before_anything_is_sent(tmp
     box = Outbox(tmp_path / "outbox.sqlite3")
     with pytest.raises(ValueError, match="not JSON"):
         outbox.submit(kit_app(), box, "add", [object(), 1])
+    with pytest.raises(ValueError, match="priority"):
+        outbox.submit(kit_app(), box, "add", [1, 1], priority=12)
     assert box.depth() == 0
 
 
