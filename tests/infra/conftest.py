@@ -271,6 +271,8 @@ FAULT_BODIES = [
 ]
 
 
+# The longest a steady load of the suite runs (a failed test cannot leave it running).
+LOAD_SECONDS = 900
 # The kit's load generator, installed on the hosts with the kit.
 LOADGEN = f"{APP_PYTHON} -m celery_kit.loadgen"
 
@@ -292,7 +294,8 @@ class Load:
     def start(self, rate: float, bodies: list[dict[str, Any]]) -> None:
         """Post bodies (in turn) rate times a second until stop()."""
         arguments = " ".join(shlex.quote(json.dumps(body)) for body in bodies)
-        command = f"{LOADGEN} steady {self.ids} {self.stop_file} {rate} {arguments}"
+        # Bounded: it stops by itself after LOAD_SECONDS if nothing stops it.
+        command = f"timeout {LOAD_SECONDS} {LOADGEN} steady {self.ids} {self.stop_file} {rate} {arguments}"
         self.host.check_output(f"nohup sh -c {shlex.quote(command + ' > ' + self.output)} >/dev/null 2>&1 &")
 
     def stop(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from conftest import (
     FAULT_BODIES,
     FAULT_RATE,
@@ -55,22 +56,36 @@ def _api_answers(api_host) -> bool:
     return result.rc == 0 and result.stdout.strip() == "200"
 
 
+@pytest.fixture
+def cluster_started_afterwards(rabbitmq_nodes):
+    """Whatever happens in the test, every node is started again (all at once) and running after it."""
+    yield rabbitmq_nodes
+    for node in rabbitmq_nodes:
+        node.run("systemctl start --no-block rabbitmq-server")
+    wait_until(
+        "every node running after the test",
+        300,
+        lambda: set(cluster_status(rabbitmq_nodes[0])["running_nodes"]) == {node_name(n) for n in rabbitmq_nodes},
+    )
+
+
 def test_the_whole_broker_down_and_the_api_host_restarted_refuse_and_lose_nothing(
-    rabbitmq_nodes, api_host, group_hosts
+    cluster_started_afterwards, rabbitmq_nodes, api_host, group_hosts
 ):
     nodes = len(rabbitmq_nodes)
     dead_before = dead_letters(rabbitmq_nodes[0])
     assert outbox_status(api_host)["depth"] == 0
     load = Load(api_host, "broker-outage")
     load.start(FAULT_RATE, FAULT_BODIES)
-    time.sleep(5)
-
-    for node in rabbitmq_nodes:
-        node.check_output("systemctl stop rabbitmq-server")
-    stopped = time.monotonic()
-    wait_until("submissions stored in the outbox", 60, lambda: outbox_status(api_host)["depth"] > 0)
-    time.sleep(15)
-    before_restart = load.stop()
+    try:
+        time.sleep(5)
+        for node in rabbitmq_nodes:
+            node.check_output("systemctl stop rabbitmq-server")
+        stopped = time.monotonic()
+        wait_until("submissions stored in the outbox", 60, lambda: outbox_status(api_host)["depth"] > 0)
+        time.sleep(15)
+    finally:
+        before_restart = load.stop()
     stored = outbox_status(api_host)
     last_id = api_host.check_output(f"tail -n 1 {load.ids}")
     status, reply = api_call(api_host, "GET", f"/tasks/{last_id}")
@@ -88,20 +103,25 @@ def test_the_whole_broker_down_and_the_api_host_restarted_refuse_and_lose_nothin
     # Still no broker: the restarted host accepts and stores new submissions.
     _restart_phase(load)
     load.start(FAULT_RATE, FAULT_BODIES)
-    time.sleep(10)
-    for node in rabbitmq_nodes:
-        node.check_output("systemctl start rabbitmq-server")
-    restarted = time.monotonic()
-    wait_until(
-        "every node running again",
-        180,
-        lambda: set(cluster_status(rabbitmq_nodes[0])["running_nodes"]) == {node_name(n) for n in rabbitmq_nodes},
-    )
-    wait_until("every quorum queue member online", 180, lambda: _all_quorum_members_online(rabbitmq_nodes[0], nodes))
-    drained = wait_until("the relay emptying the outbox", 240, lambda: outbox_status(api_host)["depth"] == 0)
-    drained_after = round(time.monotonic() - restarted, 1)
-    time.sleep(5)
-    after_return = load.stop()
+    try:
+        time.sleep(10)
+        # All at once: a node of a stopped cluster waits for its peers before it boots.
+        for node in rabbitmq_nodes:
+            node.check_output("systemctl start --no-block rabbitmq-server")
+        restarted = time.monotonic()
+        wait_until(
+            "every node running again",
+            300,
+            lambda: set(cluster_status(rabbitmq_nodes[0])["running_nodes"]) == {node_name(n) for n in rabbitmq_nodes},
+        )
+        wait_until(
+            "every quorum queue member online", 180, lambda: _all_quorum_members_online(rabbitmq_nodes[0], nodes)
+        )
+        drained = wait_until("the relay emptying the outbox", 240, lambda: outbox_status(api_host)["depth"] == 0)
+        drained_after = round(time.monotonic() - restarted, 1)
+        time.sleep(5)
+    finally:
+        after_return = load.stop()
 
     report = load.wait_until_all_ran(timeout=300)
     steady = {
@@ -136,20 +156,22 @@ def test_a_memory_alarm_under_load_refuses_and_loses_nothing(rabbitmq_nodes, api
     dead_before = dead_letters(node)
     load = Load(api_host, "memory-alarm")
     load.start(FAULT_RATE, FAULT_BODIES)
-    time.sleep(5)
-    node.check_output("rabbitmqctl -q set_vm_memory_high_watermark absolute 1MB")
-    raised = time.monotonic()
     try:
-        wait_until("submissions stored in the outbox", 60, lambda: outbox_status(api_host)["depth"] > 0)
-        time.sleep(20)
+        time.sleep(5)
+        node.check_output("rabbitmqctl -q set_vm_memory_high_watermark absolute 1MB")
+        raised = time.monotonic()
+        try:
+            wait_until("submissions stored in the outbox", 60, lambda: outbox_status(api_host)["depth"] > 0)
+            time.sleep(20)
+        finally:
+            node.check_output(f"rabbitmqctl -q set_vm_memory_high_watermark {float(watermark):g}")
+        cleared = time.monotonic()
+        stored = outbox_status(api_host)["depth"]
+        wait_until("the relay emptying the outbox", 120, lambda: outbox_status(api_host)["depth"] == 0)
+        drained_after = round(time.monotonic() - cleared, 1)
+        time.sleep(5)
     finally:
-        node.check_output(f"rabbitmqctl -q set_vm_memory_high_watermark {float(watermark):g}")
-    cleared = time.monotonic()
-    stored = outbox_status(api_host)["depth"]
-    wait_until("the relay emptying the outbox", 120, lambda: outbox_status(api_host)["depth"] == 0)
-    drained_after = round(time.monotonic() - cleared, 1)
-    time.sleep(5)
-    steady = load.stop()
+        steady = load.stop()
 
     report = load.wait_until_all_ran(timeout=240)
     counts = fault_report(
