@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -197,6 +200,28 @@ def worker_names(group_hosts) -> set[str]:
             pool, index = re.search(r"^celery-worker-(.+)@(\d+)\.service$", unit).groups()
             names.add(f"{pool}-{index}@{hostname}")
     return names
+
+
+def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subprocess.CompletedProcess:
+    """Run site.yml on the Redis hosts, as make deploy would; it must succeed."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            pytestconfig.getoption("ansible_inventory"),
+            "--limit",
+            "redis:localhost",
+            str(ROOT / "playbooks/site.yml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def wait_until(what: str, timeout: float, probe: Callable[[], Any]) -> Any:

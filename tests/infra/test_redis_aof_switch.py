@@ -7,12 +7,9 @@ role's restart. A role that just rewrote redis.conf and restarted would load
 the stale append-only file left from before and lose those writes.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import redis_cli
+from conftest import converge_redis_hosts, redis_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = 200
@@ -30,23 +27,7 @@ def test_enabling_aof_on_a_redis_holding_data_keeps_every_key(redis_host, pytest
         redis_cli(redis_host, "SET", f"test:aof-switch:{index}", str(index), db=3)
     run_id_before = _run_id(redis_host)
 
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            pytestconfig.getoption("ansible_inventory"),
-            "--limit",
-            "redis:localhost",
-            str(ROOT / "playbooks/site.yml"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    converge_redis_hosts(pytestconfig, timeout=600)
 
     assert _run_id(redis_host) != run_id_before, "the role should have restarted Redis with the new config"
     assert redis_cli(redis_host, "CONFIG", "GET", "appendonly").stdout.split() == ["appendonly", "yes"]

@@ -14,19 +14,16 @@ changes nothing and keeps the new primary.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import (
     FAULT_BODIES,
     FAULT_RATE,
-    ROOT,
     Load,
+    converge_redis_hosts,
     dead_letters,
     emails_written_twice,
     fault_report,
@@ -88,23 +85,7 @@ def _bring_back(host) -> None:
 
 def _converge_changes(pytestconfig) -> dict[str, int]:
     """Run site.yml on the Redis hosts; changed= per host from the PLAY RECAP."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            pytestconfig.getoption("ansible_inventory"),
-            "--limit",
-            "redis:localhost",
-            str(ROOT / "playbooks/site.yml"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = converge_redis_hosts(pytestconfig, timeout=900)
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M)
     return {host: int(changed) for host, changed in recap}
 
