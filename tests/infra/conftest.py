@@ -202,8 +202,8 @@ def worker_names(group_hosts) -> set[str]:
     return names
 
 
-def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subprocess.CompletedProcess:
-    """Run site.yml on the Redis hosts, as make deploy would; it must succeed."""
+def converge(pytestconfig: pytest.Config, *args: str, limit: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run site.yml on the hosts of limit, as make deploy would, with extra ansible-playbook args; it must succeed."""
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
     result = subprocess.run(
         [
@@ -211,7 +211,8 @@ def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subproc
             "-i",
             pytestconfig.getoption("ansible_inventory"),
             "--limit",
-            "redis:localhost",
+            limit,
+            *args,
             str(ROOT / "playbooks/site.yml"),
         ],
         env=env,
@@ -222,6 +223,17 @@ def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subproc
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subprocess.CompletedProcess:
+    """Run site.yml on the Redis hosts, as make deploy would; it must succeed."""
+    return converge(pytestconfig, limit="redis:localhost", timeout=timeout)
+
+
+def changed_per_host(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """changed= per host of a playbook run's PLAY RECAP."""
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M)
+    return {host: int(changed) for host, changed in recap}
 
 
 def wait_until(what: str, timeout: float, probe: Callable[[], Any]) -> Any:

@@ -14,7 +14,6 @@ changes nothing and keeps the new primary.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 
@@ -23,6 +22,7 @@ from conftest import (
     FAULT_BODIES,
     FAULT_RATE,
     Load,
+    changed_per_host,
     converge_redis_hosts,
     dead_letters,
     emails_written_twice,
@@ -81,13 +81,6 @@ def _bring_back(host) -> None:
         wait_until("the host back", 120, lambda: host.run("systemctl is-active redis-server").rc == 0)
     else:
         host.check_output("systemctl start redis-server redis-sentinel")
-
-
-def _converge_changes(pytestconfig) -> dict[str, int]:
-    """Run site.yml on the Redis hosts; changed= per host from the PLAY RECAP."""
-    result = converge_redis_hosts(pytestconfig, timeout=900)
-    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M)
-    return {host: int(changed) for host, changed in recap}
 
 
 def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothing(
@@ -151,7 +144,7 @@ def test_losing_the_redis_primary_under_load_promotes_a_replica_and_loses_nothin
 
     _check_the_old_primary_rejoins(old_primary, address)
     # A converge after the failover changes nothing and keeps the new primary.
-    changes = _converge_changes(pytestconfig)
+    changes = changed_per_host(converge_redis_hosts(pytestconfig, timeout=900))
     redis_changes = {host: count for host, count in changes.items() if host != "localhost"}
     assert redis_changes and all(count == 0 for count in redis_changes.values()), changes
     assert sentinel_primary_address(redis_group) == address
