@@ -204,7 +204,9 @@ def worker_names(group_hosts) -> set[str]:
 
 def converge(pytestconfig: pytest.Config, *args: str, limit: str, timeout: float) -> subprocess.CompletedProcess:
     """Run site.yml on the hosts of limit, as make deploy would, with extra ansible-playbook args; it must succeed."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    # Without colours (molecule forces them on for its own runs): the
+    # output is read (PLAY RECAP) and searched.
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "ansible-playbook"),
@@ -232,7 +234,8 @@ def converge_redis_hosts(pytestconfig: pytest.Config, timeout: float) -> subproc
 
 def changed_per_host(result: subprocess.CompletedProcess) -> dict[str, int]:
     """changed= per host of a playbook run's PLAY RECAP."""
-    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", plain, re.M)
     return {host: int(changed) for host, changed in recap}
 
 
