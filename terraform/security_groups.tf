@@ -11,16 +11,20 @@
 locals {
   groups = ["rabbitmq", "redis", "workers", "api", "monitoring"]
 
+  # AMQP and RabbitMQ's metrics over TLS (the kit's default) or in the clear.
+  # The management UI and API are reached through SSH tunnels only (README,
+  # "Reaching the UIs"): no group opens them.
+  amqp_port             = var.tls ? 5671 : 5672
+  rabbitmq_metrics_port = var.tls ? 15691 : 15692
+
   # Service ports: to which group, on which port, from which group, and what.
   service_rules = {
-    amqp_from_workers       = { to = "rabbitmq", port = 5672, from = "workers", what = "AMQP" }
-    amqp_from_api           = { to = "rabbitmq", port = 5672, from = "api", what = "AMQP" }
-    management_from_workers = { to = "rabbitmq", port = 15672, from = "workers", what = "RabbitMQ management API" }
-    management_from_api     = { to = "rabbitmq", port = 15672, from = "api", what = "RabbitMQ management API" }
-    epmd_among_brokers      = { to = "rabbitmq", port = 4369, from = "rabbitmq", what = "Erlang port mapper (epmd)" }
-    erlang_among_brokers    = { to = "rabbitmq", port = 25672, from = "rabbitmq", what = "Erlang distribution" }
-    redis_from_workers      = { to = "redis", port = 6379, from = "workers", what = "Redis" }
-    redis_from_api          = { to = "redis", port = 6379, from = "api", what = "Redis" }
+    amqp_from_workers    = { to = "rabbitmq", port = local.amqp_port, from = "workers", what = "AMQP" }
+    amqp_from_api        = { to = "rabbitmq", port = local.amqp_port, from = "api", what = "AMQP" }
+    epmd_among_brokers   = { to = "rabbitmq", port = 4369, from = "rabbitmq", what = "Erlang port mapper (epmd)" }
+    erlang_among_brokers = { to = "rabbitmq", port = 25672, from = "rabbitmq", what = "Erlang distribution" }
+    redis_from_workers   = { to = "redis", port = 6379, from = "workers", what = "Redis" }
+    redis_from_api       = { to = "redis", port = 6379, from = "api", what = "Redis" }
     # Several Redis hosts: replication to the replicas, and Redis Sentinel,
     # which the Sentinels use among themselves and every client asks for
     # the current primary.
@@ -30,7 +34,7 @@ locals {
     sentinel_from_api        = { to = "redis", port = 26379, from = "api", what = "Redis Sentinel" }
     sentinel_from_monitoring = { to = "redis", port = 26379, from = "monitoring", what = "Redis Sentinel (Flower)" }
     # The monitoring host scrapes the exporters and RabbitMQ's metrics.
-    rabbitmq_metrics_from_monitoring = { to = "rabbitmq", port = 15692, from = "monitoring", what = "RabbitMQ metrics" }
+    rabbitmq_metrics_from_monitoring = { to = "rabbitmq", port = local.rabbitmq_metrics_port, from = "monitoring", what = "RabbitMQ metrics" }
     redis_metrics_from_monitoring    = { to = "redis", port = 9121, from = "monitoring", what = "Redis exporter" }
     node_metrics_rabbitmq            = { to = "rabbitmq", port = 9100, from = "monitoring", what = "node exporter" }
     node_metrics_redis               = { to = "redis", port = 9100, from = "monitoring", what = "node exporter" }
@@ -38,7 +42,7 @@ locals {
     node_metrics_api                 = { to = "api", port = 9100, from = "monitoring", what = "node exporter" }
     # Flower, on the monitoring host, reads the workers' task events from the
     # broker (RabbitMQ, or Redis on a Redis-broker deployment).
-    amqp_from_monitoring  = { to = "rabbitmq", port = 5672, from = "monitoring", what = "AMQP (Flower)" }
+    amqp_from_monitoring  = { to = "rabbitmq", port = local.amqp_port, from = "monitoring", what = "AMQP (Flower)" }
     redis_from_monitoring = { to = "redis", port = 6379, from = "monitoring", what = "Redis (Flower)" }
   }
 }

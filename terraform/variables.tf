@@ -153,6 +153,12 @@ variable "api_port" {
   default     = 8000
 }
 
+variable "tls" {
+  description = "Whether the deployment runs with TLS (make deploy TLS=0 turns it off, and sets this to false): the security groups then open AMQP on 5672 and RabbitMQ's metrics on 15692 instead of 5671 and 15691."
+  type        = bool
+  default     = true
+}
+
 variable "detailed_monitoring" {
   description = "CloudWatch detailed (1-minute) monitoring of the instances; basic 5-minute monitoring is always on. Costs extra per instance."
   type        = bool

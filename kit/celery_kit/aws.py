@@ -154,6 +154,11 @@ def terraform_env(settings: Settings) -> dict[str, str]:
         TF_VAR_project=settings.project,
         TF_IN_AUTOMATION="1",
     )
+    # TLS as the deployment recorded it (playbooks/tasks/controller.yml),
+    # unless make was given TLS=: the security groups open the ports in use.
+    record = ROOT / ".state" / settings.kit_environment / "tls"
+    if "TF_VAR_tls" not in env and record.exists():
+        env["TF_VAR_tls"] = "false" if record.read_text().strip() == "off" else "true"
     return env
 
 

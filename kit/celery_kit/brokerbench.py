@@ -216,16 +216,19 @@ def celery_main(args: argparse.Namespace) -> dict[str, Any]:
 def raw_main(args: argparse.Namespace) -> dict[str, Any]:
     from kombu import Connection, Exchange, Queue  # noqa: PLC0415
 
+    from celery_kit import amqpurl, redisurl  # noqa: PLC0415
     from celery_kit import deployment as deployment_module  # noqa: PLC0415
-    from celery_kit import redisurl  # noqa: PLC0415
     from celery_kit.topology import queue_arguments  # noqa: PLC0415
 
     deployment = deployment_module.load(args.file)
     rabbitmq = deployment["broker"] == "rabbitmq"
     # The Redis broker through Sentinel (several Redis hosts): every
     # Sentinel, and the group's name in the transport options.
-    url = deployment_module.broker_urls(deployment)[0] if rabbitmq else redisurl.celery_url(deployment["broker_url"])
-    options = {"confirm_publish": True} if rabbitmq else redisurl.transport_options(deployment["broker_url"])
+    first = deployment_module.broker_urls(deployment)[0] if rabbitmq else deployment["broker_url"]
+    url = amqpurl.kombu_url(first) if rabbitmq else redisurl.celery_url(first)
+    options = {"confirm_publish": True} if rabbitmq else redisurl.transport_options(first)
+    # Over TLS (the kit's default), checked as the app checks it.
+    tls = (amqpurl.ssl_options(first) if rabbitmq else redisurl.ssl_options(first)) or False
     kind = deployment["queues"][0].get("type") if rabbitmq else None
     exchange = Exchange("bench-raw", type="direct", durable=True)
     queue = Queue(
@@ -235,14 +238,14 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
         durable=True,
         queue_arguments=queue_arguments({"type": kind}) if rabbitmq else None,
     )
-    with Connection(url, transport_options=options) as connection:
+    with Connection(url, transport_options=options, ssl=tls) as connection:
         queue(connection.default_channel).declare()
         queue(connection.default_channel).purge()
     body = json.dumps(RAW_BODY)
     errors = [0]
 
     def send(count: int) -> None:
-        with Connection(url, transport_options=options) as connection:
+        with Connection(url, transport_options=options, ssl=tls) as connection:
             producer = connection.Producer(serializer="json")
             for _ in range(count):
                 try:
@@ -269,7 +272,7 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
 
     received = [0]
     started = time.monotonic()
-    with Connection(url) as connection:
+    with Connection(url, ssl=tls) as connection:
 
         def handle(_body: Any, message: Any) -> None:
             message.ack()
@@ -283,7 +286,7 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
                 except TimeoutError:
                     continue
     consume_seconds = time.monotonic() - started
-    with Connection(url, transport_options=options) as connection:
+    with Connection(url, transport_options=options, ssl=tls) as connection:
         queue(connection.default_channel).delete()
     return {
         "broker": deployment["broker"],

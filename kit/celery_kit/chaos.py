@@ -295,7 +295,8 @@ def sentinel_primary(kit: Deployment) -> str:
     auth = 'REDISCLI_AUTH=$(awk \'$1 == "requirepass" {gsub(/"/, "", $2); print $2}\' /etc/redis/sentinel.conf)'
     out = sh(
         hosts[0],
-        f"{auth} redis-cli --no-auth-warning -p {SENTINEL_PORT} sentinel get-master-addr-by-name {SENTINEL_MASTER}",
+        f"{auth} redis-cli {kit.redis_cli_tls} --no-auth-warning -p {SENTINEL_PORT} "
+        f"sentinel get-master-addr-by-name {SENTINEL_MASTER}",
     )
     address = out.split()[0]
     return next(name for name in hosts if _address(name, network(kit)) == address)
@@ -329,7 +330,12 @@ def sentinel_primary_or_none(kit: Deployment) -> str | None:
 def _api_healthy(kit: Deployment) -> bool:
     api = kit.container("api")
     return (
-        sh(api, "curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:8000/healthz", check=False, timeout=30)
+        sh(
+            api,
+            f"curl -s -o /dev/null -w '%{{http_code}}' -m 5 {kit.curl_tls} {kit.api_url('/healthz')}",
+            check=False,
+            timeout=30,
+        )
         == "200"
     )
 
@@ -517,7 +523,7 @@ def _load_command(kit: Deployment, host: str) -> str:
     if host == kit.container("api"):
         return LOAD
     api = _address(kit.container("api"), network(kit))
-    return f"env CELERY_KIT_LOADGEN_API=http://{api}:8000/tasks {LOAD}"
+    return f"env CELERY_KIT_LOADGEN_API={kit.api_url('/tasks', api)} {LOAD}"
 
 
 def _loadgen(kit: Deployment, host: str, *args: str, timeout: float = 600) -> dict[str, Any]:

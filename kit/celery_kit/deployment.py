@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     # each producer host and its bounds. No path: no outbox, a producer
     # answers 503 while the broker does not take a task.
     "outbox": {"path": None, "max_entries": 100_000, "max_bytes": 256 * 1024 * 1024},
+    # The deployment's certificate authority on the host (TLS, the kit's
+    # default): the only CA its clients trust. The broker and Redis URLs
+    # carry it too; the kit's own HTTPS clients (celery_kit.loadgen) read it
+    # here. None: no TLS.
+    "tls_ca": None,
 }
 
 
@@ -88,6 +93,9 @@ def validate(settings: dict[str, Any]) -> None:
     if not isinstance(settings["task_events"], bool):
         raise DeploymentError("task_events must be true or false")
     validate_outbox(settings["outbox"])
+    tls_ca = settings["tls_ca"]
+    if tls_ca is not None and not (isinstance(tls_ca, str) and tls_ca.startswith("/")):
+        raise DeploymentError("tls_ca must be the absolute path of the CA's certificate, or null")
     for key in ("task_time_limit", "max_countdown", "result_expires"):
         if not isinstance(settings[key], int) or settings[key] <= 0:
             raise DeploymentError(f"{key} must be a positive integer")

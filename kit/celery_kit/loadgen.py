@@ -23,8 +23,11 @@ where the kit is installed: python -m celery_kit.loadgen ACTION ...
   load.py order IDS               the finished ids, in the order they finished
                                   (date_done of their results)
 
-Each prints one JSON summary line. CELERY_KIT_LOADGEN_API (an http:// URL)
-posts to another host's API instead of 127.0.0.1:8000.
+Each prints one JSON summary line. CELERY_KIT_LOADGEN_API (an https:// URL,
+http:// on a deployment without TLS) posts to another host's API instead of
+127.0.0.1:8000. Over HTTPS the API's certificate must be signed by the
+deployment's CA (tls_ca of the deployment's settings) and name the address
+posted to.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import datetime
 import itertools
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -44,18 +48,33 @@ from celery_kit import redisurl
 # The API this host posts to: its own, unless CELERY_KIT_LOADGEN_API names
 # another (the chaos suite restarts the api host, so it then posts from a
 # worker host to the api host's address).
-API = os.environ.get("CELERY_KIT_LOADGEN_API", "http://127.0.0.1:8000/tasks")
-if not API.startswith("http://"):
-    raise SystemExit(f"CELERY_KIT_LOADGEN_API must be an http:// URL, not {API}")
 DEFAULT_BODY = {"task": "add", "args": [1, 1]}
 
 
+def _deployment() -> dict:
+    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
+        return json.load(config_file)
+
+
+def _api() -> tuple[str, ssl.SSLContext | None]:
+    """The API's URL and, over HTTPS, a context trusting the deployment's CA only."""
+    tls_ca = _deployment().get("tls_ca") if os.environ.get("CELERY_KIT_DEPLOYMENT") else None
+    scheme = "https" if tls_ca else "http"
+    url = os.environ.get("CELERY_KIT_LOADGEN_API", f"{scheme}://127.0.0.1:8000/tasks")
+    if not url.startswith(scheme + "://"):
+        raise SystemExit(f"CELERY_KIT_LOADGEN_API must be an {scheme}:// URL on this deployment, not {url}")
+    return url, ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+
+
+API, API_CONTEXT = _api()
+
+
 def post(body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(  # noqa: S310 (an http URL, checked above)
+    request = urllib.request.Request(  # noqa: S310 (an http(s) URL, checked above)
         API, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (an http URL, checked above)
+        with urllib.request.urlopen(request, timeout=20, context=API_CONTEXT) as response:  # noqa: S310
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, {"error": error.read().decode(errors="replace")}
@@ -112,8 +131,7 @@ def steady(ids_path: str, stop_path: str, rate: float, bodies: list[dict]) -> di
 
 
 def check(ids_path: str) -> dict:
-    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
-        config = json.load(config_file)
+    config = _deployment()
     locks = redisurl.connect(config["locks_url"])
     results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
@@ -141,8 +159,7 @@ def check(ids_path: str) -> dict:
 
 
 def order(ids_path: str) -> dict:
-    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
-        config = json.load(config_file)
+    config = _deployment()
     results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = [line.strip() for line in ids_file if line.strip()]
@@ -155,8 +172,7 @@ def order(ids_path: str) -> dict:
 
 def finished(ids_path: str) -> dict:
     """When each succeeded id finished, from its result's date_done (UTC), in seconds since the epoch."""
-    with open(os.environ["CELERY_KIT_DEPLOYMENT"], encoding="utf-8") as config_file:
-        config = json.load(config_file)
+    config = _deployment()
     results = redisurl.connect(config["result_backend"])
     with open(ids_path, encoding="utf-8") as ids_file:
         ids = list(dict.fromkeys(line.strip() for line in ids_file if line.strip()))

@@ -9,6 +9,7 @@ kit installed there (python -m celery_kit.loadgen).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_ENV = "env $(grep -v ^# /etc/celery-app/app.env | xargs)"
 APP_VENV = "/opt/celery-app/current/venv"
 APP = f"{APP_ENV} {APP_VENV}/bin/python"
+# The deployment's settings on an app host (roles/celery_app).
+DEPLOYMENT_FILE = "/etc/celery-app/deployment.json"
 # The load generator, as the app's Python on a host runs it.
 LOAD = f"{APP} -m celery_kit.loadgen"
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
@@ -44,6 +47,30 @@ class Deployment:
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = ROOT / ".state" / name
+
+    @functools.cached_property
+    def tls_ca(self) -> str | None:
+        """The deployment's CA on its hosts (tls_ca of its settings); None on a deployment without TLS."""
+        # From an api host, or a worker host while the api host restarts.
+        for host in [self.container("api"), *self.containers("workers")]:
+            text = sh(host, f"cat {DEPLOYMENT_FILE}", check=False)
+            if text.strip():
+                return json.loads(text).get("tls_ca")
+        raise AssertionError(f"no app host of {self.name} answers with its settings ({DEPLOYMENT_FILE})")
+
+    def api_url(self, path: str, address: str = "127.0.0.1") -> str:
+        """The API's URL on an api host's address (HTTPS with TLS)."""
+        return f"{'https' if self.tls_ca else 'http'}://{address}:8000{path}"
+
+    @property
+    def curl_tls(self) -> str:
+        """curl's option trusting the deployment's CA ('' without TLS)."""
+        return f"--cacert {self.tls_ca}" if self.tls_ca else ""
+
+    @property
+    def redis_cli_tls(self) -> str:
+        """redis-cli's options over TLS ('' without TLS)."""
+        return f"--tls --cacert {self.tls_ca}" if self.tls_ca else ""
 
     def container(self, group: str, index: int = 1) -> str:
         return f"ck-{self.name}-{group}-{index}"

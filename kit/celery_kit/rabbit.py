@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import amqp
+
+from celery_kit import amqpurl
 
 CONFIRM_TIMEOUT_SECONDS = 60.0
 
@@ -32,19 +33,11 @@ class AmqpMessage:
 
 
 def amqp_params(url: str) -> dict[str, Any]:
-    """py-amqp connection parameters from an amqp:// URL (vhost %2F-encoded)."""
-    parts = urlsplit(url)
-    if parts.scheme != "amqp" or not parts.hostname:
-        raise BrokerError("amqp_url must look like amqp://user:password@host:5672/%2Fvhost")
-    return {
-        "host": f"{parts.hostname}:{parts.port or 5672}",
-        "userid": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
-        "virtual_host": unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
-        "connect_timeout": 5,
-        "read_timeout": 60,
-        "write_timeout": 60,
-    }
+    """py-amqp connection parameters from an amqp:// or amqps:// URL (celery_kit.amqpurl)."""
+    try:
+        return amqpurl.amqp_params(url)
+    except amqpurl.AmqpUrlError as exc:
+        raise BrokerError(str(exc)) from exc
 
 
 class Rabbit:

@@ -12,18 +12,31 @@ own password as the URL's query::
     sentinel://:PASSWORD@10.0.0.20:26379/1;sentinel://:PASSWORD@10.0.0.21:26379/1;...
         ?master_name=celery-kit&sentinel_password=SECRET
 
-PASSWORD is Redis's, SECRET the Sentinels'. The URL travels in files and on
-standard input only (the deployment file, the tools' configurations), never
-on a command line. `connect` gives a redis-py client of the current primary
-either way; `celery_settings` splits the URL into what Celery takes: the
-URL without the query, and the transport options naming the group.
+PASSWORD is Redis's, SECRET the Sentinels'. Over TLS (the kit's default)
+a server is named rediss://, and either form carries the deployment's
+certificate authority, the only one the client trusts, in its query::
+
+    rediss://:PASSWORD@10.0.0.20:6379/1?tls_ca=/etc/celery-kit/tls/ca.crt
+    sentinel://...;sentinel://...?master_name=celery-kit&sentinel_password=SECRET&tls_ca=/etc/...
+
+With tls_ca, the Sentinels and every Redis server are reached over TLS, and
+a server's certificate must be signed by that CA and name the address the
+client connects to (the primary's, as the Sentinels announce it).
+
+The URL travels in files and on standard input only (the deployment file,
+the tools' configurations), never on a command line. `connect` gives a
+redis-py client of the current primary either way; `celery_url`,
+`transport_options` and `ssl_options` split the URL into what Celery takes:
+the URL without the kit's query, the transport options naming the group,
+and the TLS options (redis_backend_use_ssl, broker_use_ssl).
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.sentinel import Sentinel
@@ -33,7 +46,8 @@ SENTINEL_PORT = 26379
 # How long a question to a Sentinel may take: a Sentinel that does not
 # answer is skipped for the next one.
 SENTINEL_SOCKET_TIMEOUT = 2.0
-QUERY_KEYS = ("master_name", "sentinel_password")
+QUERY_KEYS = ("master_name", "sentinel_password", "tls_ca")
+SERVER_SCHEMES = ("redis", "rediss")
 
 
 class RedisUrlError(ValueError):
@@ -50,16 +64,31 @@ class RedisTarget:
     sentinel_password: str | None = None
     password: str | None = None
     db: int = 0
+    tls_ca: str | None = None
 
     @property
     def is_sentinel(self) -> bool:
         return bool(self.sentinels)
 
 
-def parse(url: str) -> RedisTarget:
-    """Read a redis:// or the kit's sentinel:// URL (see the module's docstring)."""
-    if not url.startswith(SENTINEL_SCHEME + "://"):
+def _parse_server(url: str) -> RedisTarget:
+    """A redis:// or rediss:// URL; rediss:// needs tls_ca, the only query key the kit reads here."""
+    parts = urlsplit(url)
+    if parts.scheme not in SERVER_SCHEMES:
+        # Not Redis (memory:// in tests, a developer's settings): as given.
         return RedisTarget(url=url)
+    options = dict(parse_qsl(parts.query))
+    if set(options) - {"tls_ca"}:
+        raise RedisUrlError(f"unknown options in a Redis URL: {', '.join(sorted(set(options) - {'tls_ca'}))}")
+    if (parts.scheme == "rediss") != ("tls_ca" in options):
+        raise RedisUrlError("a rediss:// URL needs tls_ca=<CA file> in its query, and only a rediss:// URL takes it")
+    return RedisTarget(url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), tls_ca=options.get("tls_ca"))
+
+
+def parse(url: str) -> RedisTarget:
+    """Read a redis://, rediss:// or the kit's sentinel:// URL (see the module's docstring)."""
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return _parse_server(url)
     chunks = [chunk for chunk in url.split(";") if chunk]
     options: dict[str, str] = {}
     plain: list[str] = []
@@ -93,7 +122,20 @@ def parse(url: str) -> RedisTarget:
         sentinel_password=options.get("sentinel_password") or None,
         password=password,
         db=db,
+        tls_ca=options.get("tls_ca"),
     )
+
+
+def ssl_options(url: str) -> dict[str, Any] | None:
+    """Celery's redis_backend_use_ssl or broker_use_ssl (and redis-py's keywords): None without TLS.
+
+    A server's certificate must be signed by the CA and name the address
+    connected to (redis-py checks host names by default).
+    """
+    target = parse(url)
+    if target.tls_ca is None:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": target.tls_ca}
 
 
 def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
@@ -104,6 +146,8 @@ def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
     }
     if target.sentinel_password:
         kwargs["password"] = target.sentinel_password
+    if target.tls_ca is not None:
+        kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=target.tls_ca)
     return kwargs
 
 
@@ -126,10 +170,13 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     kwargs go to every connection to Redis (socket timeouts, client_name...).
     """
     target = parse(url)
+    tls = {} if target.tls_ca is None else {"ssl_cert_reqs": "required", "ssl_ca_certs": target.tls_ca}
     if not target.is_sentinel:
-        return redis.Redis.from_url(url, **kwargs)
+        return redis.Redis.from_url(target.url, **tls, **kwargs)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(target), **kwargs)
-    return sentinel.master_for(target.master_name, password=target.password, db=target.db)
+    if tls:
+        tls["ssl"] = True
+    return sentinel.master_for(target.master_name, password=target.password, db=target.db, **tls)
 
 
 def primary_address(url: str) -> tuple[str, int] | None:

@@ -33,8 +33,8 @@ from celery import Celery
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from kombu import Queue
 
+from celery_kit import amqpurl, redisurl
 from celery_kit import deployment as deployment_module
-from celery_kit import redisurl
 from celery_kit.topology import DEFAULT_EXCHANGE, EXCHANGE_TYPE, PRIORITY_MIN, broker_priority, build_queues
 
 HEALTH_TASK = "celery_kit.health"
@@ -122,7 +122,7 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
         # sentinel:// URLs, celery_kit.redisurl): the URL goes to Celery
         # without the kit's query, the group's name and the Sentinels'
         # password go in the transport options.
-        "broker_url": redisurl.celery_url(deployment["broker_url"]),
+        "broker_url": broker_url(deployment),
         "result_backend": redisurl.celery_url(deployment["result_backend"]),
         "task_queues": build_queues(deployment["queues"]),
         "task_default_queue": default_queue,
@@ -163,6 +163,14 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
         # submission.
         "worker_send_task_events": deployment["task_events"],
     }
+    # Over TLS (the kit's default): the deployment's CA is the only one
+    # trusted, and the server's certificate must name the address or the
+    # service reached (celery_kit.amqpurl, celery_kit.redisurl).
+    tls = {
+        "broker_use_ssl": broker_ssl(deployment),
+        "redis_backend_use_ssl": redisurl.ssl_options(deployment["result_backend"]),
+    }
+    settings.update({key: options for key, options in tls.items() if options})
     if deployment["broker"] == "rabbitmq":
         # Publisher confirms: a publish returns only once RabbitMQ has taken
         # responsibility for the message (on a quorum queue: once a majority
@@ -196,6 +204,20 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
             # second more) instead of failing the submission.
             settings["task_publish_retry_policy"] = SENTINEL_PUBLISH_RETRY_POLICY
     return settings
+
+
+def broker_url(deployment: dict[str, Any]) -> str:
+    """The broker's URL(s) as Celery takes them: without the kit's query (TLS options, Sentinel group)."""
+    if deployment["broker"] == "rabbitmq" and deployment["broker_url"].startswith("amqp"):
+        return amqpurl.kombu_url(deployment["broker_url"])
+    return redisurl.celery_url(deployment["broker_url"])
+
+
+def broker_ssl(deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """broker_use_ssl: py-amqp's TLS options for RabbitMQ, redis-py's for the Redis broker; None without TLS."""
+    if deployment["broker"] == "rabbitmq" and deployment["broker_url"].startswith("amqp"):
+        return amqpurl.ssl_options(deployment["broker_url"]) or None
+    return redisurl.ssl_options(deployment["broker_url"])
 
 
 def default_settings(deployment: dict[str, Any]) -> dict[str, Any]:

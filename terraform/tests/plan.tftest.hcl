@@ -148,10 +148,8 @@ run "security_groups_are_least_privilege" {
   }
   assert {
     condition = toset([for rule in aws_vpc_security_group_ingress_rule.service : "${rule.security_group_id}:${rule.from_port}:${rule.referenced_security_group_id}"]) == toset([
-      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["workers"].id}",
-      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["api"].id}",
-      "${aws_security_group.group["rabbitmq"].id}:15672:${aws_security_group.group["workers"].id}",
-      "${aws_security_group.group["rabbitmq"].id}:15672:${aws_security_group.group["api"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:5671:${aws_security_group.group["workers"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:5671:${aws_security_group.group["api"].id}",
       "${aws_security_group.group["rabbitmq"].id}:4369:${aws_security_group.group["rabbitmq"].id}",
       "${aws_security_group.group["rabbitmq"].id}:25672:${aws_security_group.group["rabbitmq"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["workers"].id}",
@@ -161,16 +159,16 @@ run "security_groups_are_least_privilege" {
       "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["workers"].id}",
       "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["api"].id}",
       "${aws_security_group.group["redis"].id}:26379:${aws_security_group.group["monitoring"].id}",
-      "${aws_security_group.group["rabbitmq"].id}:15692:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:15691:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["redis"].id}:9121:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["rabbitmq"].id}:9100:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["redis"].id}:9100:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["workers"].id}:9100:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["api"].id}:9100:${aws_security_group.group["monitoring"].id}",
-      "${aws_security_group.group["rabbitmq"].id}:5672:${aws_security_group.group["monitoring"].id}",
+      "${aws_security_group.group["rabbitmq"].id}:5671:${aws_security_group.group["monitoring"].id}",
       "${aws_security_group.group["redis"].id}:6379:${aws_security_group.group["monitoring"].id}",
     ])
-    error_message = "AMQP from workers, api and the monitoring host (Flower), management only from workers and api, Erlang distribution only among brokers, Redis and Sentinel from workers, api and the monitoring host, replication and Sentinel among the Redis hosts, metrics only from the monitoring host"
+    error_message = "AMQP over TLS (5671) from workers, api and the monitoring host (Flower), the management API from no other group (SSH tunnels only), Erlang distribution only among brokers, Redis and Sentinel from workers, api and the monitoring host, replication and Sentinel among the Redis hosts, metrics only from the monitoring host"
   }
   assert {
     condition     = aws_vpc_security_group_ingress_rule.api_from_operator.cidr_ipv4 == "203.0.113.7/32" && aws_vpc_security_group_ingress_rule.api_from_operator.from_port == 8000

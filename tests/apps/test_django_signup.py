@@ -30,8 +30,8 @@ def signup(username: str) -> tuple[int, dict]:
     body = json.dumps({"username": username, "email": f"{username}@signup.example", "password": "long-enough-1"})
     out = sh(
         container("api"),
-        "curl -s -m 20 -o /tmp/reply -w '%{http_code}' -H 'Content-Type: application/json' "
-        f"--data '{body}' http://127.0.0.1:8000/signup; echo; cat /tmp/reply",
+        f"curl -s -m 20 {KIT.curl_tls} -o /tmp/reply -w '%{{http_code}}' -H 'Content-Type: application/json' "
+        f"--data '{body}' {KIT.api_url('/signup')}; echo; cat /tmp/reply",
     )
     status, _, reply = out.partition("\n")
     return int(status), json.loads(reply or "{}")

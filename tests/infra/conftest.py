@@ -80,6 +80,47 @@ def group_hosts(pytestconfig: pytest.Config) -> Callable[[str], list[Any]]:
     return hosts
 
 
+# The deployment's CA on its hosts when it runs with TLS (tls_ca of the
+# app's settings), read once per session by the fixture below; the helpers
+# of this module reach Redis, Sentinel and the API over TLS with it.
+TLS_CA: str | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tls_ca(group_hosts) -> str | None:
+    """The deployment's CA file on its hosts, None on a deployment without TLS."""
+    global TLS_CA  # noqa: PLW0603 (set once per session, read by the helpers)
+    config = group_hosts("api")[0].file("/etc/celery-app/deployment.json").content_string
+    TLS_CA = json.loads(config).get("tls_ca")
+    return TLS_CA
+
+
+def redis_cli_tls() -> str:
+    """redis-cli's options over TLS ('' without TLS)."""
+    return f"--tls --cacert {TLS_CA} " if TLS_CA else ""
+
+
+def curl_tls() -> str:
+    """curl's option trusting the deployment's CA ('' without TLS)."""
+    return f"--cacert {TLS_CA} " if TLS_CA else ""
+
+
+def private_address(host) -> str:
+    """The host's address on the deployment's network (the source of its default route)."""
+    return host.check_output("ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")
+
+
+def management_url(rabbitmq_host, path: str) -> str:
+    """The management API of a node, on its private address (HTTPS on 15671 with TLS, else 15672)."""
+    scheme, port = ("https", 15671) if TLS_CA else ("http", 15672)
+    return f"{scheme}://{private_address(rabbitmq_host)}:{port}{path}"
+
+
+def api_url(path: str, address: str = "127.0.0.1") -> str:
+    """The API on an api host (HTTPS with TLS)."""
+    return f"{'https' if TLS_CA else 'http'}://{address}:8000{path}"
+
+
 @pytest.fixture(scope="session")
 def broker(group_hosts) -> str:
     """The deployment's broker, as the app on the api host is configured."""
@@ -116,7 +157,7 @@ REDIS_MASTER_NAME = "celery-kit"
 def sentinel_cli(host, *args: str):
     """Run redis-cli against the host's Sentinel, authenticated with its password."""
     auth = 'REDISCLI_AUTH=$(awk \'$1 == "requirepass" {gsub(/"/, "", $2); print $2}\' /etc/redis/sentinel.conf) '
-    command = f"{auth}redis-cli --no-auth-warning -p 26379 " + " ".join(shlex.quote(a) for a in args)
+    command = f"{auth}redis-cli {redis_cli_tls()}--no-auth-warning -p 26379 " + " ".join(shlex.quote(a) for a in args)
     return host.run("sh -c %s", command)
 
 
@@ -261,7 +302,7 @@ def queue_argument(arguments: Any, name: str) -> Any:
 def redis_cli(redis_host, *args: str, db: int = 0, password: bool = True):
     """Run redis-cli on the Redis host, authenticated with its configured password."""
     auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf) " if password else ""
-    command = f"{auth}redis-cli --no-auth-warning -n {db} " + " ".join(shlex.quote(a) for a in args)
+    command = f"{auth}redis-cli {redis_cli_tls()}--no-auth-warning -n {db} " + " ".join(shlex.quote(a) for a in args)
     return redis_host.run("sh -c %s", command)
 
 
@@ -272,7 +313,7 @@ def api_call(api_host, method: str, path: str, body: Any | None = None) -> tuple
     if body is not None:
         data = f"-H 'Content-Type: application/json' --data-binary {shlex.quote(json.dumps(body))}"
     result = api_host.run(
-        f"curl -s -m 20 -o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} http://127.0.0.1:8000{path}; "
+        f"curl -s -m 20 {curl_tls()}-o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} {api_url(path)}; "
         f"echo; cat /tmp/{marker}; rm -f /tmp/{marker}"
     )
     assert result.rc == 0, result.stderr

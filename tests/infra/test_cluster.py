@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from conftest import APP_QUEUES, DEAD_LETTER_QUEUE, cluster_status, node_name, rabbitmq_queues
+from conftest import (
+    APP_QUEUES,
+    DEAD_LETTER_QUEUE,
+    cluster_status,
+    curl_tls,
+    management_url,
+    node_name,
+    rabbitmq_queues,
+)
 
 
 def test_every_rabbitmq_host_is_a_running_node_of_one_cluster(rabbitmq_nodes):
@@ -51,6 +59,9 @@ def test_no_default_or_empty_account_logs_in(rabbitmq_nodes):
     for host in rabbitmq_nodes:
         for credentials in ("none:none", "guest:guest", "admin:", "admin:admin"):
             status = host.check_output(
-                "curl -s -o /dev/null -w %s -u %s http://127.0.0.1:15672/api/whoami", "%{http_code}", credentials
+                f"curl -s -o /dev/null -w %s {curl_tls()}-u %s %s",
+                "%{http_code}",
+                credentials,
+                management_url(host, "/api/whoami"),
             )
             assert status == "401", f"{credentials} on {host.backend.hostname} answered {status}"

@@ -24,6 +24,8 @@ from conftest import (
     FAULT_RATE,
     Load,
     api_call,
+    api_url,
+    curl_tls,
     dead_letters,
     emails_written_twice,
     fault_report,
@@ -59,7 +61,7 @@ def _cluster_running(nodes) -> bool:
 
 
 def _api_answers(api_host) -> bool:
-    result = api_host.run("curl -s -m 3 -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/healthz")
+    result = api_host.run(f"curl -s -m 3 {curl_tls()}-o /dev/null -w '%{{http_code}}' {api_url('/healthz')}")
     return result.rc == 0 and result.stdout.strip() == "200"
 
 

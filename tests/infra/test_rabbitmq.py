@@ -3,7 +3,16 @@ policy, Celery's delayed delivery, limits and timeouts."""
 
 import json
 
-from conftest import APP_QUEUES, DEAD_LETTER_QUEUE, DEAD_LETTERED_QUEUES, VHOST, queue_argument, rabbitmq_queues
+from conftest import (
+    APP_QUEUES,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTERED_QUEUES,
+    VHOST,
+    curl_tls,
+    management_url,
+    queue_argument,
+    rabbitmq_queues,
+)
 
 DELAY_LEVELS = 28
 
@@ -72,7 +81,9 @@ def test_celery_delayed_delivery_topology_is_declared(rabbitmq):
 
 
 def test_management_api_rejects_unauthenticated_requests(rabbitmq):
-    status = rabbitmq.check_output("curl -s -o /dev/null -w %s http://127.0.0.1:15672/api/overview", "%{http_code}")
+    status = rabbitmq.check_output(
+        f"curl -s -o /dev/null -w %s {curl_tls()}%s", "%{http_code}", management_url(rabbitmq, "/api/overview")
+    )
     assert status == "401"
 
 

@@ -55,7 +55,7 @@ def delayed_count(output: str) -> int:
 
 
 def api_broker() -> str:
-    return json.loads(sh(container("api"), "curl -s -m 5 http://127.0.0.1:8000/healthz"))["broker"]
+    return json.loads(sh(container("api"), f"curl -s -m 5 {KIT.curl_tls} {KIT.api_url('/healthz')}"))["broker"]
 
 
 def rabbitmq_app_messages() -> int:
@@ -148,7 +148,7 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     assert (STATE / "broker").read_text() == "rabbitmq"
     assert not (STATE / "migration").exists()
     auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf)"
-    dbsize = sh(container("redis"), f"{auth} redis-cli -n 0 DBSIZE")
+    dbsize = sh(container("redis"), f"{auth} redis-cli {KIT.redis_cli_tls} -n 0 DBSIZE")
     assert dbsize.strip() == "0", "broker keys are left in Redis db 0"
 
     # Every task but the countdown ones (still waiting in the delay queues,
