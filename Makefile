@@ -81,7 +81,7 @@ BENCH_VARS := $(strip \
   $(if $(BENCH_PACED_RATE),-e bench_paced_rate=$(BENCH_PACED_RATE)) \
   $(if $(BENCH_RAW_MESSAGES),-e bench_raw_messages=$(BENCH_RAW_MESSAGES)))
 
-.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge destroy test lint unit terraform molecule chaos clean check-env
+.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge renew-certs destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -143,6 +143,9 @@ dlq-replay: check-env venv ## Send dead-lettered tasks back to their queue, conf
 
 dlq-purge: check-env venv ## Delete dead-lettered tasks after a confirmation (TASK=name, ID=id or ALL=1; AUTO_APPROVE=1 skips it)
 	$(DLQ) -e dlq_action=purge $(if $(filter 1 yes true,$(AUTO_APPROVE)),-e dlq_confirmed=true)
+
+renew-certs: check-env venv ## Give every host a new TLS certificate, one host at a time; services load it without a restart
+	$(ON_HOSTS) $(PLAYBOOK) playbooks/renew-certs.yml
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)
