@@ -1,9 +1,8 @@
 """Several Redis hosts: every client reaches Redis through Sentinel; one host: nothing changes."""
 
-import json
+import importlib.util
 from pathlib import Path
 
-import jinja2
 import pytest
 from redis.sentinel import SentinelConnectionPool
 from sample import deployment_settings, kit_app
@@ -12,27 +11,17 @@ from celery_kit import redisurl
 from celery_kit.settings import SENTINEL_PUBLISH_RETRY_POLICY
 
 ROOT = Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.spec_from_file_location("kit_urls", ROOT / "plugins/filter/kit_urls.py")
+kit_urls = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(kit_urls)
 SENTINELS = ["10.0.0.20", "10.0.0.21", "10.0.0.22"]
 REDIS_PASSWORD = "pa/ss"  # noqa: S105 (a test value)
 SENTINEL_PASSWORD = "s3cret"  # noqa: S105
 
 
 def _urls(sentinels):
-    """The URLs the celery_app role writes (templates/redis-urls.j2), by database number."""
-    template = (ROOT / "roles/celery_app/templates/redis-urls.j2").read_text()
-    environment = jinja2.Environment(autoescape=False)  # noqa: S701 (URLs, not HTML)
-    rendered = environment.from_string(template.replace("{{ urls }}", "{{ urls | tojson }}"))
-    return json.loads(
-        rendered.render(
-            celery_app_redis_password=REDIS_PASSWORD,
-            celery_app_redis_host="10.0.0.20",
-            celery_app_redis_port=6379,
-            celery_app_redis_sentinels=sentinels,
-            celery_app_redis_sentinel_port=26379,
-            celery_app_redis_sentinel_master_name="celery-kit",
-            celery_app_redis_sentinel_password=SENTINEL_PASSWORD,
-        )
-    )
+    """The URLs the celery_app role writes (the kit_redis_urls filter, plugins/filter/kit_urls.py), by database."""
+    return kit_urls.kit_redis_urls(REDIS_PASSWORD, "10.0.0.20", 6379, sentinels, 26379, "celery-kit", SENTINEL_PASSWORD)
 
 
 def test_the_role_names_every_sentinel_the_group_and_both_passwords():

@@ -2,11 +2,10 @@
 one trusts that CA only and checks the name of what it reaches (RabbitMQ: the name all nodes carry;
 Redis: the address connected to). Without TLS the URLs and clients stay plain."""
 
-import json
+import importlib.util
 import ssl
 from pathlib import Path
 
-import jinja2
 import pytest
 from redis.connection import SSLConnection
 from redis.sentinel import SentinelConnectionPool
@@ -15,44 +14,25 @@ from sample import deployment_settings, kit_app
 from celery_kit import amqpurl, rabbit, redisurl
 
 ROOT = Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.spec_from_file_location("kit_urls", ROOT / "plugins/filter/kit_urls.py")
+kit_urls = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(kit_urls)
 CA = "/etc/celery-kit/tls/ca.crt"
 SERVER_NAME = "rabbitmq.celery-kit"
 NODES = ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
 SENTINELS = ["10.0.0.20", "10.0.0.21", "10.0.0.22"]
 
 
-def _render(template: str, **values) -> list[str]:
-    """A URL template of the celery_app role, rendered as Ansible would (a list of URLs)."""
-    text = (ROOT / "roles/celery_app/templates" / template).read_text()
-    environment = jinja2.Environment(autoescape=False)  # noqa: S701 (URLs, not HTML)
-    return json.loads(environment.from_string(text.replace("{{ urls }}", "{{ urls | tojson }}")).render(**values))
-
-
 def amqp_urls(tls: bool = True) -> list[str]:
-    return _render(
-        "amqp-urls.j2",
-        celery_app_rabbitmq_hosts=NODES,
-        celery_app_rabbitmq_user="celery",
-        celery_app_rabbitmq_password="p/w",  # noqa: S106 (a test value)
-        celery_app_rabbitmq_port=5671 if tls else 5672,
-        celery_app_rabbitmq_vhost="/celery",
-        celery_app_tls_ca_file=CA if tls else "",
-        celery_app_rabbitmq_tls_server_name=SERVER_NAME if tls else "",
+    """The AMQP URLs the celery_app role writes (the kit_amqp_urls filter)."""
+    return kit_urls.kit_amqp_urls(
+        NODES, "celery", "p/w", 5671 if tls else 5672, "/celery", CA if tls else "", SERVER_NAME if tls else ""
     )
 
 
 def redis_urls(sentinels: list[str], tls: bool = True) -> list[str]:
-    return _render(
-        "redis-urls.j2",
-        celery_app_redis_password="pw",  # noqa: S106
-        celery_app_redis_host="10.0.0.20",
-        celery_app_redis_port=6379,
-        celery_app_redis_sentinels=sentinels,
-        celery_app_redis_sentinel_port=26379,
-        celery_app_redis_sentinel_master_name="celery-kit",
-        celery_app_redis_sentinel_password="spw",  # noqa: S106
-        celery_app_tls_ca_file=CA if tls else "",
-    )
+    """The Redis URLs the celery_app role writes (the kit_redis_urls filter), by database."""
+    return kit_urls.kit_redis_urls("pw", "10.0.0.20", 6379, sentinels, 26379, "celery-kit", "spw", CA if tls else "")
 
 
 def test_every_rabbitmq_node_is_reached_over_amqps_with_the_ca_and_the_nodes_name():
@@ -96,7 +76,7 @@ def test_without_tls_the_amqp_urls_and_clients_stay_plain():
 
 def test_one_redis_server_is_reached_over_rediss_checking_its_address():
     url = redis_urls([])[1]
-    assert url == f"rediss://:pw@10.0.0.20:6379/1?tls_ca={CA}"
+    assert url == f"rediss://:pw@10.0.0.20:6379/1?tls_ca={CA.replace('/', '%2F')}"
     client = redisurl.connect(url)
     kwargs = client.connection_pool.connection_kwargs
     assert client.connection_pool.connection_class is SSLConnection
