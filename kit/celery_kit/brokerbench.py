@@ -272,7 +272,7 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
 
     received = [0]
     started = time.monotonic()
-    with Connection(url, ssl=tls) as connection:
+    with Connection(url, transport_options=options, ssl=tls) as connection:
 
         def handle(_body: Any, message: Any) -> None:
             message.ack()
