@@ -243,8 +243,10 @@ def worker_names(group_hosts) -> set[str]:
     return names
 
 
-def converge(pytestconfig: pytest.Config, *args: str, limit: str, timeout: float) -> subprocess.CompletedProcess:
-    """Run site.yml on the hosts of limit, as make deploy would, with extra ansible-playbook args; it must succeed."""
+def converge(
+    pytestconfig: pytest.Config, *args: str, limit: str, timeout: float, playbook: str = "playbooks/site.yml"
+) -> subprocess.CompletedProcess:
+    """Run a playbook (site.yml) on the hosts of limit, as make would, with extra arguments; it must succeed."""
     # Without colours (molecule forces them on for its own runs): the
     # output is read (PLAY RECAP) and searched.
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
@@ -256,7 +258,7 @@ def converge(pytestconfig: pytest.Config, *args: str, limit: str, timeout: float
             "--limit",
             limit,
             *args,
-            str(ROOT / "playbooks/site.yml"),
+            str(ROOT / playbook),
         ],
         env=env,
         capture_output=True,

@@ -17,11 +17,22 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 import uuid
 
 import conftest
 import pytest
-from conftest import APP_PYTHON, curl_tls, private_address
+from conftest import (
+    APP_PYTHON,
+    FAULT_BODIES,
+    FAULT_RATE,
+    Load,
+    converge,
+    curl_tls,
+    dead_letters,
+    fault_report,
+    private_address,
+)
 
 IMAGE = "celery-kit-host:trixie-1"
 CA_ON_ATTACKER = "/root/deployment-ca.crt"
@@ -214,3 +225,71 @@ def test_curl_on_the_hosts_trusts_the_deployments_ca(api_host):
         api_host.check_output(f"curl -s -o /dev/null -w %{{http_code}} {curl_tls()}https://127.0.0.1:8000/healthz")
         == "200"
     )
+
+
+def _certificate_serials(hosts) -> dict[str, str]:
+    return {
+        host.backend.hostname: host.check_output("openssl x509 -noout -serial -in /etc/celery-kit/tls/host.crt")
+        for host in hosts
+    }
+
+
+def _served_serial(attacker: str, address: str, port: int) -> str:
+    command = (
+        f"openssl s_client -connect {address}:{port} -CAfile {CA_ON_ATTACKER} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial"
+    )
+    return _docker("exec", attacker, "sh", "-c", command).stdout.strip()
+
+
+def _main_pids(host, *units: str) -> dict[str, str]:
+    return {unit: host.check_output(f"systemctl show --property=MainPID --value {unit}") for unit in units}
+
+
+def test_renewing_every_certificate_under_load_restarts_nothing_and_loses_nothing(  # noqa: PLR0917 (fixtures)
+    pytestconfig, attacker, group_hosts, rabbitmq, rabbitmq_nodes, api_host
+):
+    """make renew-certs: new certificates everywhere, served at once, no refused submission, no lost task."""
+    hosts = group_hosts("all")
+    redis_hosts = group_hosts("redis")
+    before = _certificate_serials(hosts)
+    pids = {
+        **{f"{node.backend.hostname} rabbitmq": _main_pids(node, "rabbitmq-server") for node in rabbitmq_nodes},
+        **{f"{host.backend.hostname} redis": _main_pids(host, "redis-server") for host in redis_hosts},
+        "api": _main_pids(api_host, "celery-api"),
+    }
+    dead_before = dead_letters(rabbitmq)
+    load = Load(api_host, "renew-certs")
+    load.start(FAULT_RATE, FAULT_BODIES)
+    started = time.monotonic()
+    try:
+        time.sleep(5)
+        converge(pytestconfig, limit="all", timeout=1200, playbook="playbooks/renew-certs.yml")
+        seconds = time.monotonic() - started
+        time.sleep(5)
+    finally:
+        steady = load.stop()
+    report = load.wait_until_all_ran(timeout=300)
+    counts = fault_report(
+        f"every host's certificate renewed (make renew-certs, {seconds:.0f} s)",
+        steady,
+        report,
+        dead_letters(rabbitmq) - dead_before,
+    )
+    after = _certificate_serials(hosts)
+    assert all(after[name] != before[name] for name in before), "a certificate was not replaced"
+    # Every service serves its new certificate, and none restarted for it
+    # (Sentinel restarts, by design).
+    for node in rabbitmq_nodes:
+        assert _served_serial(attacker, private_address(node), 5671) == after[node.backend.hostname]
+    for host in redis_hosts:
+        assert _served_serial(attacker, private_address(host), 6379) == after[host.backend.hostname]
+    assert _served_serial(attacker, private_address(api_host), 8000) == after[api_host.backend.hostname]
+    assert {
+        **{f"{node.backend.hostname} rabbitmq": _main_pids(node, "rabbitmq-server") for node in rabbitmq_nodes},
+        **{f"{host.backend.hostname} redis": _main_pids(host, "redis-server") for host in redis_hosts},
+        "api": _main_pids(api_host, "celery-api"),
+    } == pids
+    assert counts["refused"] == 0, steady
+    assert counts["lost"] == 0, report
+    assert counts["dead_lettered"] == 0
