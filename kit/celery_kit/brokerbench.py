@@ -269,7 +269,7 @@ def raw_main(args: argparse.Namespace) -> dict[str, Any]:
 
     received = [0]
     started = time.monotonic()
-    with Connection(url) as connection:
+    with Connection(url, transport_options=options) as connection:
 
         def handle(_body: Any, message: Any) -> None:
             message.ack()
