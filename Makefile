@@ -24,6 +24,8 @@ KEY_NAME ?=
 AUTO_APPROVE ?=
 # make migrate / rollback-broker: DRY_RUN=1 prints the plan only.
 DRY_RUN ?=
+# make api-token / api-token-revoke: the token's name.
+NAME ?=
 # make dlq-replay / dlq-purge: which dead-lettered messages (one of them).
 TASK ?=
 ID ?=
@@ -81,7 +83,7 @@ BENCH_VARS := $(strip \
   $(if $(BENCH_PACED_RATE),-e bench_paced_rate=$(BENCH_PACED_RATE)) \
   $(if $(BENCH_RAW_MESSAGES),-e bench_raw_messages=$(BENCH_RAW_MESSAGES)))
 
-.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge renew-certs destroy test lint unit terraform molecule chaos clean check-env
+.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge api-token api-token-revoke renew-certs destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -143,6 +145,12 @@ dlq-replay: check-env venv ## Send dead-lettered tasks back to their queue, conf
 
 dlq-purge: check-env venv ## Delete dead-lettered tasks after a confirmation (TASK=name, ID=id or ALL=1; AUTO_APPROVE=1 skips it)
 	$(DLQ) -e dlq_action=purge $(if $(filter 1 yes true,$(AUTO_APPROVE)),-e dlq_confirmed=true)
+
+api-token: check-env venv ## Issue an API token (NAME=<name>): its path in .state/<env>/api-tokens, never the token; no restart
+	$(ON_HOSTS) $(PLAYBOOK) -e api_token_action=issue -e api_token_name='$(NAME)' playbooks/api-tokens.yml
+
+api-token-revoke: check-env venv ## Revoke an API token (NAME=<name>) on every api host, at once, no restart
+	$(ON_HOSTS) $(PLAYBOOK) -e api_token_action=revoke -e api_token_name='$(NAME)' playbooks/api-tokens.yml
 
 renew-certs: check-env venv ## Give every host a new TLS certificate, one host at a time; services load it without a restart
 	$(ON_HOSTS) $(PLAYBOOK) playbooks/renew-certs.yml

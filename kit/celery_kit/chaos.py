@@ -543,6 +543,8 @@ def run_fault(kit: Deployment, fault: Fault, timing: Timing = FULL) -> dict[str,
     sh(host, f"rm -f {base}.*")
     dead_before = dead_letters(kit)
     put_file(host, f"{base}.bodies", json.dumps(BODIES))
+    if host != kit.container("api"):
+        kit.share_api_token(host)
     command = (
         f"timeout {int(timing.lead + 900)} {_load_command(kit, host)} steady {ids} {stop} {timing.rate} @{base}.bodies"
     )

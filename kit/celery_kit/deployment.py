@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from celery_kit import apigate
+
 DEPLOYMENT_ENV = "CELERY_KIT_DEPLOYMENT"
 
 BROKERS = ("rabbitmq", "redis")
@@ -49,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
     # carry it too; the kit's own HTTPS clients (celery_kit.loadgen) read it
     # here. None: no TLS.
     "tls_ca": None,
+    # The producer's gate (celery_kit.apigate): its tokens file, public
+    # paths and their limits. None: no gate (unit tests, a developer's
+    # machine); every deployment of the kit has one.
+    "api_gate": None,
 }
 
 
@@ -93,6 +99,11 @@ def validate(settings: dict[str, Any]) -> None:
     if not isinstance(settings["task_events"], bool):
         raise DeploymentError("task_events must be true or false")
     validate_outbox(settings["outbox"])
+    if settings["api_gate"] is not None:
+        try:
+            apigate.Settings.parse(settings["api_gate"])
+        except (apigate.GateError, TypeError, ValueError) as exc:
+            raise DeploymentError(f"api_gate: {exc}") from exc
     tls_ca = settings["tls_ca"]
     if tls_ca is not None and not (isinstance(tls_ca, str) and tls_ca.startswith("/")):
         raise DeploymentError("tls_ca must be the absolute path of the CA's certificate, or null")

@@ -27,7 +27,9 @@ Each prints one JSON summary line. CELERY_KIT_LOADGEN_API (an https:// URL,
 http:// on a deployment without TLS) posts to another host's API instead of
 127.0.0.1:8000. Over HTTPS the API's certificate must be signed by the
 deployment's CA (tls_ca of the deployment's settings) and name the address
-posted to.
+posted to. Behind the kit's gate, every submission carries the kit's own
+token, read from the root-only header file the celery_app role writes
+(CELERY_KIT_LOADGEN_AUTH names another), never from a command line.
 """
 
 from __future__ import annotations
@@ -67,11 +69,28 @@ def _api() -> tuple[str, ssl.SSLContext | None]:
 
 
 API, API_CONTEXT = _api()
+AUTH_FILE = os.environ.get("CELERY_KIT_LOADGEN_AUTH", "/etc/celery-app/kit-api-auth.header")
+
+
+def _auth_headers() -> dict[str, str]:
+    """The kit's token as the gate wants it ({} where the deployment has none)."""
+    try:
+        with open(AUTH_FILE, encoding="utf-8") as header_file:
+            name, _, value = header_file.read().strip().partition(": ")
+    except FileNotFoundError:
+        return {}
+    return {name: value} if name and value else {}
+
+
+AUTH_HEADERS = _auth_headers()
 
 
 def post(body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(  # noqa: S310 (an http(s) URL, checked above)
-        API, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        API,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **AUTH_HEADERS},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=20, context=API_CONTEXT) as response:  # noqa: S310

@@ -28,6 +28,9 @@ APP_VENV = "/opt/celery-app/current/venv"
 APP = f"{APP_ENV} {APP_VENV}/bin/python"
 # The deployment's settings on an app host (roles/celery_app).
 DEPLOYMENT_FILE = "/etc/celery-app/deployment.json"
+# The kit's own API token as an HTTP header, root-only, on the api hosts
+# (roles/celery_app, tasks/api_tokens.yml): curl -H @file, loadgen.
+API_AUTH_FILE = "/etc/celery-app/kit-api-auth.header"
 # The load generator, as the app's Python on a host runs it.
 LOAD = f"{APP} -m celery_kit.loadgen"
 # The ansible-playbook next to this interpreter (the kit's .venv), else PATH's.
@@ -71,6 +74,22 @@ class Deployment:
     def redis_cli_tls(self) -> str:
         """redis-cli's options over TLS ('' without TLS)."""
         return f"--tls --cacert {self.tls_ca}" if self.tls_ca else ""
+
+    @property
+    def curl_auth(self) -> str:
+        """curl's option sending the kit's token (read from its root-only file on the api host)."""
+        return f"-H @{API_AUTH_FILE}"
+
+    def share_api_token(self, host: str) -> None:
+        """Copy the kit's token file from the api host to another host (root-only), for a load from there."""
+        header = sh(self.container("api"), f"cat {API_AUTH_FILE}")
+        subprocess.run(
+            ["docker", "exec", "-i", host, "sh", "-c", f"umask 077; cat > {API_AUTH_FILE}"],
+            input=header,
+            text=True,
+            check=True,
+            timeout=60,
+        )
 
     def container(self, group: str, index: int = 1) -> str:
         return f"ck-{self.name}-{group}-{index}"

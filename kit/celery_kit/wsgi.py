@@ -5,7 +5,8 @@ the value of kit_app_wsgi). celery_kit.app is loaded first, so the Celery app th
 web app publishes through has the deployment's broker, publisher confirms
 and queues before the first request, and the producer's settings
 (celery_kit.boot.producer_mode: no hang while Redis is down, no result
-subscriptions).
+subscriptions). The app answers behind the kit's gate: a token on every
+request but the public paths, and per-token limits (celery_kit.apigate).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from celery_kit import apigate
 from celery_kit.app import app as celery_app
 from celery_kit.boot import producer_mode
 
@@ -27,4 +29,5 @@ def load_wsgi(spec: str) -> object:
 
 
 producer_mode(celery_app)
-application = load_wsgi(os.environ.get(WSGI_ENV) or "")
+# Behind the kit's gate (tokens, limits: celery_kit.apigate), whatever the app.
+application = apigate.wrap(load_wsgi(os.environ.get(WSGI_ENV) or ""), celery_app.conf.celery_kit)

@@ -26,7 +26,7 @@ import pytest
 import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-from celery_kit.local import APP, APP_ENV, APP_VENV
+from celery_kit.local import API_AUTH_FILE, APP, APP_ENV, APP_VENV
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_QUEUES = ("health", "default", "emails", "priority")
@@ -103,6 +103,11 @@ def redis_cli_tls() -> str:
 def curl_tls() -> str:
     """curl's option trusting the deployment's CA ('' without TLS)."""
     return f"--cacert {TLS_CA} " if TLS_CA else ""
+
+
+def curl_auth() -> str:
+    """curl's option sending the kit's own API token, from its root-only file on the api host."""
+    return f"-H @{API_AUTH_FILE} "
 
 
 def private_address(host) -> str:
@@ -315,7 +320,8 @@ def api_call(api_host, method: str, path: str, body: Any | None = None) -> tuple
     if body is not None:
         data = f"-H 'Content-Type: application/json' --data-binary {shlex.quote(json.dumps(body))}"
     result = api_host.run(
-        f"curl -s -m 20 {curl_tls()}-o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} {api_url(path)}; "
+        f"curl -s -m 20 {curl_tls()}{curl_auth()}-o /tmp/{marker} -w '%{{http_code}}' -X {method} {data} "
+        f"{api_url(path)}; "
         f"echo; cat /tmp/{marker}; rm -f /tmp/{marker}"
     )
     assert result.rc == 0, result.stderr

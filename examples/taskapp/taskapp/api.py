@@ -6,6 +6,11 @@ POST /tasks        {"task": name, "args": [...], "kwargs": {...},
 GET  /tasks/<id>   -> 200 {"id", "state", "result"}
 GET  /healthz      -> 200 {"status": "ok", "broker": ...}
 
+Every request but GET /healthz carries a token (Authorization: Bearer ...),
+checked with the per-token limits by the kit's gate in front of the app
+(celery_kit.apigate); a process_task submission is charged its seconds
+against the token's work limit (429 past it).
+
 Bad input gets a 4xx with a JSON {"error": message}, never a 5xx: a body is
 checked before it is parsed (at most MAX_BODY_BYTES, else 413, whatever its
 Content-Length says; UTF-8; arrays and objects at most MAX_JSON_DEPTH deep)
@@ -34,7 +39,7 @@ from celery import Celery
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from celery_kit import outbox
+from celery_kit import apigate, outbox
 from celery_kit.boot import producer_mode
 from celery_kit.settings import HEALTH_TASK
 from celery_kit.topology import PRIORITY_MAX, PRIORITY_MIN
@@ -279,6 +284,9 @@ def _check_process(arguments: dict[str, Any]) -> None:
     _number("data.seconds", seconds)
     if not 0 <= seconds <= tasks.MAX_PROCESS_SECONDS:
         raise BadRequest(f"data.seconds must be between 0 and {tasks.MAX_PROCESS_SECONDS}")
+    # The seconds a worker will spend count against the caller's work limit
+    # (celery_kit.apigate), so one token cannot keep every worker busy.
+    apigate.charge(seconds)
 
 
 def _check_nothing(arguments: dict[str, Any]) -> None:
@@ -409,6 +417,12 @@ def create_api(celery_app: Celery) -> Flask:
 
     for exc_class in UNAVAILABLE_ERRORS:
         api.register_error_handler(exc_class, unavailable)
+
+    @api.errorhandler(apigate.LimitExceeded)
+    def over_limit(exc: apigate.LimitExceeded) -> tuple[Any, int, Any]:
+        return error(
+            429, f"too many requests: {exc}; retry after {exc.retry_after} s", [("Retry-After", str(exc.retry_after))]
+        )
 
     @api.errorhandler(outbox.OutboxFull)
     def outbox_full(exc: outbox.OutboxFull) -> tuple[Any, int, Any]:
