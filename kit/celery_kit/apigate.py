@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -40,8 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celery_kit import redisurl
+
+log = logging.getLogger(__name__)
 
 AUTHORIZATION_HEADER = "HTTP_AUTHORIZATION"
 BUCKET_KEY = "celery-kit:gate:{}:{}"
@@ -52,7 +57,17 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TOKEN_CHARS = 256
 # After Redis failed to answer, the gate counts in the process this long.
 FALLBACK_SECONDS = 5.0
+# The gate asks Redis once, with short timeouts and no retry, and falls back
+# at once: redis-py's own default retries a failed command 10 times with
+# backoff, and a Sentinel client asks every Sentinel with its own retries,
+# which held a request past a client's 20 s timeout while a Redis primary's
+# host was lost (molecule default's failover test).
 REDIS_TIMEOUT_SECONDS = 0.25
+FAIL_FAST = {
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    "retry": Retry(NoBackoff(), 0),
+}
 
 # One call per request: the bucket (rate or work) first, then, for a
 # submission, the day's quota. Returns {0, ms to wait} when refused by the
@@ -213,13 +228,7 @@ class Limiter:
     """The limits in Redis, or in the process while Redis does not answer."""
 
     def __init__(self, locks_url: str | None, processes: int) -> None:
-        self.client = (
-            redisurl.connect(
-                locks_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-            )
-            if locks_url
-            else None
-        )
+        self.client = redisurl.connect(locks_url, sentinel_options=FAIL_FAST, **FAIL_FAST) if locks_url else None
         self.local = LocalBuckets(processes)
         self._script = self.client.register_script(LIMIT_SCRIPT) if self.client else None
         self._redis_back_at = 0.0
@@ -234,8 +243,9 @@ class Limiter:
                 keys.append(QUOTA_KEY.format(caller.name, time.strftime("%Y%m%d", time.gmtime())))
             try:
                 answer = self._script(keys=keys, args=[1000 / rate, 1000 / rate * burst, cost, daily or 0])
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            except (redis.exceptions.RedisError, OSError) as exc:
                 self._redis_back_at = time.monotonic() + FALLBACK_SECONDS
+                log.warning("the gate counts in this process for %.0f s; Redis: %r", FALLBACK_SECONDS, exc)
             else:
                 if answer[0] == 0:
                     raise LimitExceeded(f"{caller.name}: over its {bucket} limit", math.ceil(answer[1] / 1000))

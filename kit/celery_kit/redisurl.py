@@ -164,16 +164,20 @@ def celery_url(url: str) -> str:
     return parse(url).url
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis:
+def connect(url: str, sentinel_options: dict[str, Any] | None = None, **kwargs: Any) -> redis.Redis:
     """A client of the server, or of the group's current primary (found again after a failover).
 
-    kwargs go to every connection to Redis (socket timeouts, client_name...).
+    kwargs go to every connection to Redis (socket timeouts, retry policy,
+    client_name...); sentinel_options replace settings of the connections
+    to the Sentinels themselves (their timeouts, their retry policy).
     """
     target = parse(url)
     tls = {} if target.tls_ca is None else {"ssl_cert_reqs": "required", "ssl_ca_certs": target.tls_ca}
     if not target.is_sentinel:
         return redis.Redis.from_url(target.url, **tls, **kwargs)
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(target), **kwargs)
+    sentinel = Sentinel(
+        list(target.sentinels), sentinel_kwargs={**sentinel_kwargs(target), **(sentinel_options or {})}, **kwargs
+    )
     if tls:
         tls["ssl"] = True
     return sentinel.master_for(target.master_name, password=target.password, db=target.db, **tls)

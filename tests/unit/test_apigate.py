@@ -227,3 +227,32 @@ def test_an_unreadable_tokens_file_gets_503_not_500(tmp_path, redis_url):
 def test_bad_gate_settings_are_refused_naming_the_key(gate, message):
     with pytest.raises(deployment.DeploymentError, match=message):
         deployment.validate(deployment_settings(api_gate=gate))
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers (a hung or vanished Redis host)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@pytest.mark.parametrize("kind", ["server", "sentinels"])
+def test_a_redis_that_never_answers_delays_a_submission_by_a_second_at_most(tokens_file, silent_port, kind):
+    """No retries, no backoff: the gate falls back at once, so a client's timeout is never reached."""
+    url = (
+        f"redis://127.0.0.1:{silent_port}/2"
+        if kind == "server"
+        else f"sentinel://127.0.0.1:{silent_port}/2;sentinel://127.0.0.1:{silent_port}/2?master_name=celery-kit"
+    )
+    client = gated_client(tokens_file, url)
+    started = time.monotonic()
+    first = client.post("/tasks", json=ADD, headers=auth())
+    first_seconds = time.monotonic() - started
+    answers = [client.post("/tasks", json=ADD, headers=auth()).status_code for _ in range(5)]
+    assert first.status_code == 202
+    assert first_seconds < 1.5, f"the first submission waited {first_seconds:.1f} s"
+    assert answers == [202] * 5
+    assert time.monotonic() - started < 2.5
