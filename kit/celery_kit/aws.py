@@ -10,7 +10,13 @@ leave the cluster first (drained, their queue members moved, forgotten),
 one at a time, before Terraform terminates them.
 
 destroy: check the settings, show what terraform would destroy, destroy
-after confirmation, then remove the deployment's generated secrets.
+after confirmation, then remove the deployment's generated secrets (here
+and in SSM).
+
+deploy and exec share the deployment's state directory (its secrets and
+records) through SSM Parameter Store (celery_kit.shared_state): pulled
+before anything runs, pushed after, so a second operator deploys with the
+same secrets.
 
 exec COMMAND...: run a command (make verify, status, migrate) with the
 environment the aws inventory reads (region, tags, bastion address).
@@ -39,11 +45,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.exceptions
+
+from celery_kit import shared_state
 
 # The repository (the kit runs these on the controller, from its checkout).
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +80,11 @@ class Settings:
     def kit_environment(self) -> str:
         """Name of the deployment's state directory (.state/<name>)."""
         return f"aws-{self.project}-{self.environment}"
+
+
+def state_dir(settings: Settings) -> Path:
+    """The deployment's state directory on this controller."""
+    return ROOT / ".state" / settings.kit_environment
 
 
 def tfvars_value(name: str, text: str) -> str | None:
@@ -156,7 +171,7 @@ def terraform_env(settings: Settings) -> dict[str, str]:
     )
     # TLS as the deployment recorded it (playbooks/tasks/controller.yml),
     # unless make was given TLS=: the security groups open the ports in use.
-    record = ROOT / ".state" / settings.kit_environment / "tls"
+    record = state_dir(settings) / "tls"
     if "TF_VAR_tls" not in env and record.exists():
         env["TF_VAR_tls"] = "false" if record.read_text().strip() == "off" else "true"
     return env
@@ -199,7 +214,7 @@ def wait_for_status_checks(instance_ids: list[str], region: str) -> None:
 def ansible_env(settings: Settings, outputs: dict) -> dict[str, str]:
     env = dict(os.environ)
     # ssh pins the bastion's host key in the deployment's state directory.
-    (ROOT / ".state" / settings.kit_environment).mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_dir(settings).mkdir(mode=0o700, parents=True, exist_ok=True)
     env.update(
         # An inventory that cannot be read is an error, not an empty list.
         ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
@@ -269,6 +284,33 @@ def let_brokers_leave(settings: Settings, env: dict[str, str], plan: dict) -> No
     run(["ansible-playbook", "-i", "inventories/aws", "-e", extra, "playbooks/rabbitmq-leave.yml"], ansible)
 
 
+def ssm_client(settings: Settings) -> Any:
+    return boto3.client("ssm", region_name=settings.region)
+
+
+def pull_state(settings: Settings) -> None:
+    """The deployment's shared state, before anything reads it (see celery_kit.shared_state)."""
+    name_prefix = shared_state.prefix(settings.project, settings.environment)
+    report = shared_state.pull(ssm_client(settings), name_prefix, state_dir(settings))
+    step(f"Shared state from SSM {name_prefix}: " + report.summary("files fetched", "removed here, as in SSM"))
+
+
+def push_state(settings: Settings) -> None:
+    """What this run made or deleted in the state directory, shared with the other operators."""
+    name_prefix = shared_state.prefix(settings.project, settings.environment)
+    report = shared_state.push(ssm_client(settings), name_prefix, state_dir(settings))
+    step(f"Shared state to SSM {name_prefix}: " + report.summary("files stored", "deleted"))
+
+
+def sharing_state(settings: Settings, action: Callable[[], int]) -> int:
+    """Run action between a pull and a push of the shared state (pushed also when it failed)."""
+    pull_state(settings)
+    try:
+        return action()
+    finally:
+        push_state(settings)
+
+
 def deploy(settings: Settings, auto_approve: bool, provision_only: bool) -> int:
     env = terraform_env(settings)
     step(f"Terraform: workspace {settings.environment} in {settings.region}")
@@ -328,10 +370,12 @@ def destroy(settings: Settings, auto_approve: bool) -> int:
             print("Nothing destroyed.")
             return 1
         run([*TERRAFORM, "apply", "-destroy", "-input=false", "-auto-approve"], env)
-    state_dir = ROOT / ".state" / settings.kit_environment
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
-        print(f"removed {state_dir.relative_to(ROOT)} (the deployment's generated secrets)")
+    removed = shared_state.remove(ssm_client(settings), shared_state.prefix(settings.project, settings.environment))
+    print(f"removed {removed} parameters of the deployment's shared state from SSM")
+    directory = state_dir(settings)
+    if directory.exists():
+        shutil.rmtree(directory)
+        print(f"removed {directory.relative_to(ROOT)} (the deployment's generated secrets)")
     return 0
 
 
@@ -360,6 +404,16 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_action(args: argparse.Namespace, settings: Settings, auto_approve: bool) -> int:
+    if args.action == "check":
+        return 0
+    if args.action == "exec":
+        return sharing_state(settings, lambda: run_with_inventory_env(settings, args.command))
+    if args.action == "deploy":
+        return sharing_state(settings, lambda: deploy(settings, auto_approve, args.provision_only))
+    return destroy(settings, auto_approve)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     auto_approve = os.environ.get("AUTO_APPROVE", "") in ("1", "yes", "true")
@@ -367,16 +421,16 @@ def main(argv: list[str] | None = None) -> int:
         tfvars_text = TFVARS.read_text() if TFVARS.exists() else ""
         settings = read_settings(dict(os.environ), tfvars_text, boto3.Session())
         print(f"AWS deployment {settings.project}/{settings.environment} in {settings.region}")
-        if args.action == "check":
-            return 0
-        if args.action == "exec":
-            return run_with_inventory_env(settings, args.command)
-        if args.action == "deploy":
-            return deploy(settings, auto_approve, args.provision_only)
-        return destroy(settings, auto_approve)
+        return run_action(args, settings, auto_approve)
     except SettingsError as error:
         print(f"error: the AWS settings are incomplete; nothing was changed:\n{error}", file=sys.stderr)
         return 2
+    except shared_state.SharedStateError as error:
+        print(f"error: the deployment's shared state: {error}", file=sys.stderr)
+        return 2
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        print(f"error: AWS refused or did not answer: {error}", file=sys.stderr)
+        return 1
     except subprocess.CalledProcessError as error:
         print(f"error: {' '.join(error.cmd)} failed (exit {error.returncode})", file=sys.stderr)
         return 1
