@@ -8,12 +8,11 @@ against a port nothing listens on.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
+import loopback
 import pytest
 from sample import deployment_settings, kit_app
 from werkzeug.test import Client
@@ -25,33 +24,12 @@ TOKEN = "ck-test-token-0123456789abcdef"  # noqa: S105 (a test value)
 OTHER = "ck-other-token-9876543210fedcba"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def redis_url():
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/2"
-    process.terminate()
-    process.wait(timeout=10)
+def redis_url(tmp_path_factory):
+    port = loopback.free_port()
+    log = tmp_path_factory.mktemp("redis") / "redis.log"
+    with loopback.serving(loopback.redis_server_argv(port), port, log):
+        yield f"redis://127.0.0.1:{port}/2"
 
 
 def write_tokens(path: Path, tokens: dict[str, dict]) -> None:
@@ -193,7 +171,7 @@ def test_public_paths_are_limited_per_client_address(tokens_file, redis_url):
 
 
 def test_an_unreachable_redis_refuses_nothing_and_delays_nothing(tokens_file):
-    client = gated_client(tokens_file, f"redis://127.0.0.1:{_free_port()}/2")
+    client = gated_client(tokens_file, f"redis://127.0.0.1:{loopback.free_port()}/2")
     started = time.monotonic()
     answers = [client.post("/tasks", json=ADD, headers=auth()).status_code for _ in range(10)]
     assert answers == [202] * 10
@@ -203,7 +181,7 @@ def test_an_unreachable_redis_refuses_nothing_and_delays_nothing(tokens_file):
 def test_an_unreachable_redis_still_limits_each_process_at_its_share(tmp_path):
     path = tmp_path / "tokens.json"
     write_tokens(path, {TOKEN: ("fallback", {"rate": 1, "burst": 4})})
-    client = gated_client(path, f"redis://127.0.0.1:{_free_port()}/2", processes=2)
+    client = gated_client(path, f"redis://127.0.0.1:{loopback.free_port()}/2", processes=2)
     answers = [client.get("/tasks/0b6b1d6e", headers=auth()).status_code for _ in range(6)]
     assert answers.count(429) >= 2, answers
 

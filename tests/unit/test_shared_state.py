@@ -10,15 +10,11 @@ network.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
+import loopback
 import pytest
 
 from celery_kit import aws, shared_state
@@ -34,32 +30,13 @@ SECRETS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
-    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(server).exists():
-        pytest.skip("moto_server is not installed (make venv installs it)")
-    port = _free_port()
+    server = loopback.program("moto_server", "make venv installs it")
+    port = loopback.free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as output:
-        process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=output)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    with loopback.serving([server, "-H", "127.0.0.1", "-p", str(port)], port, log, timeout=60):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
