@@ -288,16 +288,21 @@ def ssm_client(settings: Settings) -> Any:
     return boto3.client("ssm", region_name=settings.region)
 
 
+def ssm_prefix(settings: Settings) -> str:
+    """Where the deployment's shared state lives in SSM."""
+    return shared_state.prefix(settings.project, settings.environment)
+
+
 def pull_state(settings: Settings) -> None:
     """The deployment's shared state, before anything reads it (see celery_kit.shared_state)."""
-    name_prefix = shared_state.prefix(settings.project, settings.environment)
+    name_prefix = ssm_prefix(settings)
     report = shared_state.pull(ssm_client(settings), name_prefix, state_dir(settings))
     step(f"Shared state from SSM {name_prefix}: " + report.summary("files fetched", "removed here, as in SSM"))
 
 
 def push_state(settings: Settings) -> None:
     """What this run made or deleted in the state directory, shared with the other operators."""
-    name_prefix = shared_state.prefix(settings.project, settings.environment)
+    name_prefix = ssm_prefix(settings)
     report = shared_state.push(ssm_client(settings), name_prefix, state_dir(settings))
     step(f"Shared state to SSM {name_prefix}: " + report.summary("files stored", "deleted"))
 
@@ -370,7 +375,7 @@ def destroy(settings: Settings, auto_approve: bool) -> int:
             print("Nothing destroyed.")
             return 1
         run([*TERRAFORM, "apply", "-destroy", "-input=false", "-auto-approve"], env)
-    removed = shared_state.remove(ssm_client(settings), shared_state.prefix(settings.project, settings.environment))
+    removed = shared_state.remove(ssm_client(settings), ssm_prefix(settings))
     print(f"removed {removed} parameters of the deployment's shared state from SSM")
     directory = state_dir(settings)
     if directory.exists():

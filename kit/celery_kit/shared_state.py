@@ -11,8 +11,9 @@ alias/aws/ssm) under
 
 so that every operator of the deployment, on any controller, deploys with
 the same secrets. A parameter's value is "=" and the file's contents (SSM
-takes no empty value; a file may be empty). celery-kit aws pulls before it runs anything (Terraform,
-a playbook) and pushes after, whether the command passed or not:
+takes no empty value; a file may be empty). celery-kit aws pulls before it
+runs anything (Terraform, a playbook) and pushes after, whether the
+command passed or not:
 
 - pull writes every parameter's file that is missing here (mode 0600) and
   removes a file that another operator deleted (a revoked API token): one
