@@ -1,22 +1,24 @@
 """Where the kit's processes reach Redis: one URL, a server or its Sentinels.
 
-A deployment with one Redis host names the server::
+A deployment with one Redis host names the server, and the user the
+client logs in as (the kit gives each client its own; without a user
+name, Redis's default user)::
 
-    redis://:PASSWORD@10.0.0.20:6379/1
+    redis://USER:PASSWORD@10.0.0.20:6379/1
 
 A deployment with several (a primary, replicas and a Sentinel on each host)
 names every Sentinel, as Celery's and kombu's sentinel transports read it
 (";" between the Sentinels), and adds the group's name and the Sentinels'
 own password as the URL's query::
 
-    sentinel://:PASSWORD@10.0.0.20:26379/1;sentinel://:PASSWORD@10.0.0.21:26379/1;...
+    sentinel://USER:PASSWORD@10.0.0.20:26379/1;sentinel://USER:PASSWORD@10.0.0.21:26379/1;...
         ?master_name=celery-kit&sentinel_password=SECRET
 
-PASSWORD is Redis's, SECRET the Sentinels'. Over TLS (the kit's default)
+USER and PASSWORD log in to Redis, SECRET to the Sentinels. Over TLS (the kit's default)
 a server is named rediss://, and either form carries the deployment's
 certificate authority, the only one the client trusts, in its query::
 
-    rediss://:PASSWORD@10.0.0.20:6379/1?tls_ca=/etc/celery-kit/tls/ca.crt
+    rediss://USER:PASSWORD@10.0.0.20:6379/1?tls_ca=/etc/celery-kit/tls/ca.crt
     sentinel://...;sentinel://...?master_name=celery-kit&sentinel_password=SECRET&tls_ca=/etc/...
 
 With tls_ca, the Sentinels and every Redis server are reached over TLS, and
@@ -62,6 +64,7 @@ class RedisTarget:
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str | None = None
     sentinel_password: str | None = None
+    username: str | None = None
     password: str | None = None
     db: int = 0
     tls_ca: str | None = None
@@ -93,6 +96,7 @@ def parse(url: str) -> RedisTarget:
     options: dict[str, str] = {}
     plain: list[str] = []
     sentinels: list[tuple[str, int]] = []
+    username = None
     password = None
     db = 0
     for chunk in chunks:
@@ -100,10 +104,12 @@ def parse(url: str) -> RedisTarget:
         options.update(parse_qsl(query))
         parts = urlsplit(base)
         if parts.scheme != SENTINEL_SCHEME or not parts.hostname:
-            raise RedisUrlError("every part of a sentinel URL must be sentinel://[:password@]host[:port][/db]")
+            raise RedisUrlError("every part of a sentinel URL must be sentinel://[[user]:password@]host[:port][/db]")
         sentinels.append((parts.hostname, parts.port or SENTINEL_PORT))
         if parts.password is not None:
             password = unquote(parts.password)
+        if parts.username:
+            username = unquote(parts.username)
         path = parts.path.strip("/")
         if path:
             if not path.isdigit():
@@ -120,6 +126,7 @@ def parse(url: str) -> RedisTarget:
         sentinels=tuple(sentinels),
         master_name=options["master_name"],
         sentinel_password=options.get("sentinel_password") or None,
+        username=username,
         password=password,
         db=db,
         tls_ca=options.get("tls_ca"),
@@ -180,7 +187,9 @@ def connect(url: str, sentinel_options: dict[str, Any] | None = None, **kwargs: 
     )
     if tls:
         tls["ssl"] = True
-    return sentinel.master_for(target.master_name, password=target.password, db=target.db, **tls)
+    return sentinel.master_for(
+        target.master_name, username=target.username, password=target.password, db=target.db, **tls
+    )
 
 
 def primary_address(url: str) -> tuple[str, int] | None:

@@ -10,12 +10,14 @@ Their form is what celery_kit.amqpurl and celery_kit.redisurl read:
         ?tls_ca=<CA file>&tls_server_name=<name on every node's certificate>
         over TLS, amqp://user:password@host:port/%2Fvhost without (tls_ca '')
     {{ password | kit_redis_urls(host, port, sentinels, sentinel_port,
-                                 master_name, sentinel_password, tls_ca) }}
-        sixteen URLs, by database number: rediss://:password@host:port/db
+                                 master_name, sentinel_password, tls_ca, user=user) }}
+        sixteen URLs, by database number: rediss://user:password@host:port/db
         ?tls_ca=<CA file> for one server (redis://... without TLS), or, with
         sentinels, every Sentinel joined by ";" with the group's name, the
         Sentinels' password and the CA in the query
-        (sentinel://:password@s1:26379/db;...?master_name=..&sentinel_password=..&tls_ca=..)
+        (sentinel://user:password@s1:26379/db;...?master_name=..&sentinel_password=..&tls_ca=..)
+        The user is the Redis user (ACL) the client logs in as; without
+        one, the URL names none (the default user).
 
 Filters rather than templates: a role variable built by a template lookup
 finds its template only inside the role, and playbooks read these
@@ -56,19 +58,19 @@ def kit_redis_urls(  # noqa: PLR0917 (a Jinja filter takes its arguments by posi
     master_name: str,
     sentinel_password: str,
     tls_ca: str = "",
+    user: str = "",
 ) -> list[str]:
     urls = []
     tls = {"tls_ca": tls_ca} if tls_ca else {}
+    login = f"{_quoted(user)}:{_quoted(password)}"
     for db in range(REDIS_DATABASES):
         if sentinels:
-            parts = ";".join(
-                f"sentinel://:{_quoted(password)}@{sentinel}:{sentinel_port}/{db}" for sentinel in sentinels
-            )
+            parts = ";".join(f"sentinel://{login}@{sentinel}:{sentinel_port}/{db}" for sentinel in sentinels)
             query = urlencode({"master_name": master_name, "sentinel_password": sentinel_password, **tls})
             urls.append(f"{parts}?{query}")
         else:
             scheme = "rediss" if tls_ca else "redis"
-            urls.append(f"{scheme}://:{_quoted(password)}@{host}:{port}/{db}" + ("?" + urlencode(tls) if tls else ""))
+            urls.append(f"{scheme}://{login}@{host}:{port}/{db}" + ("?" + urlencode(tls) if tls else ""))
     return urls
 
 

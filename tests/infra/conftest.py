@@ -307,9 +307,11 @@ def queue_argument(arguments: Any, name: str) -> Any:
 
 
 def redis_cli(redis_host, *args: str, db: int = 0, password: bool = True):
-    """Run redis-cli on the Redis host, authenticated with its configured password."""
-    auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf) " if password else ""
-    command = f"{auth}redis-cli {redis_cli_tls()}--no-auth-warning -n {db} " + " ".join(shlex.quote(a) for a in args)
+    """Run redis-cli on the Redis host as its admin user (its password from the root-only file the role keeps)."""
+    auth = "REDISCLI_AUTH=$(cat /etc/redis/admin-password) " if password else ""
+    user = "--user admin " if password else ""
+    command = f"{auth}redis-cli {redis_cli_tls()}{user}--no-auth-warning -n {db} "
+    command += " ".join(shlex.quote(a) for a in args)
     return redis_host.run("sh -c %s", command)
 
 

@@ -1,24 +1,69 @@
-"""Redis: authentication required and every write in the append-only file."""
+"""Redis: a user per client (the app's may not run server commands) and every write in the append-only file."""
 
+import json
 import time
 import uuid
 
 from conftest import redis_cli
 
+APP_RUN = "/opt/celery-app/bin/celery-app-run"
+# Run as the app on a worker host, with the app's own Redis URL (its user,
+# app): what a stolen worker's credentials can do to Redis. Prints, per
+# command, the error class Redis answered with, or "ok".
+AS_THE_APP = """
+import json, os, uuid
+from celery_kit import redisurl
+url = json.load(open(os.environ["CELERY_KIT_DEPLOYMENT"]))["result_backend"]
+client = redisurl.connect(url, socket_timeout=5)
+key = "test:acl:" + uuid.uuid4().hex
+answers = {}
+for command in [("SET", key, "1", "EX", "60"), ("GET", key), ("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"),
+                ("SHUTDOWN", "NOSAVE"), ("REPLICAOF", "127.0.0.1", "1"), ("ACL", "LIST"), ("KEYS", "*")]:
+    name = command[0]
+    try:
+        client.execute_command(*command)
+        answers[name] = "ok"
+    except Exception as error:
+        answers[name] = type(error).__name__
+print(json.dumps(answers))
+"""
 
-def test_redis_requires_a_password(redis_host):
+
+def test_without_a_user_name_redis_runs_nothing(redis_host):
     result = redis_cli(redis_host, "PING", password=False)
     assert "NOAUTH" in result.stdout + result.stderr
     assert redis_cli(redis_host, "PING").stdout.strip() == "PONG"
+    assert redis_cli(redis_host, "ACL", "WHOAMI").stdout.strip() == "admin"
 
 
-def test_append_only_file_is_on(redis_host):
+def test_the_apps_redis_user_works_on_data_but_may_not_flush_configure_or_shut_down(group_hosts, redis_host):
+    worker = group_hosts("workers")[0]
+    answers = json.loads(worker.check_output(f"{APP_RUN} python -c {json.dumps(AS_THE_APP)}").splitlines()[-1])
+    assert (answers.pop("SET"), answers.pop("GET")) == ("ok", "ok")
+    assert answers == dict.fromkeys(answers, "NoPermissionError"), answers
+    # Redis still runs, with AOF on, and it logged the refusals.
     assert redis_cli(redis_host, "CONFIG", "GET", "appendonly").stdout.split() == ["appendonly", "yes"]
-    assert redis_cli(redis_host, "CONFIG", "GET", "appendfsync").stdout.split() == ["appendfsync", "everysec"]
-    assert redis_cli(redis_host, "CONFIG", "GET", "maxmemory-policy").stdout.split() == [
-        "maxmemory-policy",
-        "noeviction",
-    ]
+    refused = redis_cli(redis_host, "ACL", "LOG", "20").stdout
+    assert "flushall" in refused.lower()
+
+
+def _logged_in_users(redis_host) -> set[str]:
+    return {line.split("user=")[1].split()[0] for line in redis_cli(redis_host, "CLIENT", "LIST").stdout.splitlines()}
+
+
+def test_each_client_logs_in_as_its_own_user_and_the_default_user_is_off(group_hosts, redis_host):
+    """The workers as app, the Sentinels as sentinel, the replicas as replica, the exporter as exporter."""
+    assert "off" in redis_cli(redis_host, "ACL", "GETUSER", "default").stdout.split()
+    users = _logged_in_users(redis_host)
+    assert "default" not in users
+    assert {"app", "admin"} <= users, users
+    if len(group_hosts("redis")) >= 3:
+        assert {"sentinel", "replica"} <= users, users
+    if group_hosts("monitoring", required=False):
+        # The exporter logs in at every scrape: redis_up is 0 when it cannot.
+        address = redis_host.check_output("hostname -I").split()[0]
+        metrics = redis_host.check_output(f"curl -s -m 5 http://{address}:9121/metrics")
+        assert "\nredis_up 1" in metrics
 
 
 def _aof_bytes(redis_host):

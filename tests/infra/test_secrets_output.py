@@ -1,9 +1,10 @@
 """No secret in Ansible's output, also at the highest verbosity and with --diff.
 
-The files on the hosts that hold the deployment's secrets (redis.conf, the
-exporter's settings, the app's settings and environment) are changed by
-hand, as drift, and site.yml then runs with -vvv and --diff, as an operator
-debugging a deploy would: it puts every file back, and what it printed
+The files on the hosts that hold the deployment's secrets (redis.conf, its
+users and the admin's password, the exporter's settings, the app's
+settings and environment) are changed by hand, as drift, and site.yml
+then runs with -vvv and --diff, as an operator debugging a deploy would:
+it puts every file back, and what it printed
 (every task's arguments and results, every diff) must hold none of the
 secrets generated for the deployment (the files of its state directory: the
 passwords, the Erlang cookie, the CA's private key, the API tokens),
@@ -27,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIFT = "# drift made by tests/infra/test_secrets_output.py"
 # Per host group, the files the roles write that hold a secret.
 FILES_WITH_SECRETS = {
-    "redis": ["/etc/redis/redis.conf", "/etc/default/prometheus-redis-exporter"],
+    "redis": [
+        "/etc/redis/redis.conf",
+        "/etc/redis/users.acl",
+        "/etc/redis/admin-password",
+        "/etc/default/prometheus-redis-exporter",
+    ],
     "api": ["/etc/celery-app/deployment.json", "/etc/celery-app/app.env", "/etc/celery-app/kit-api-auth.header"],
     "workers": ["/etc/celery-app/deployment.json", "/etc/celery-app/app.env"],
 }
@@ -87,7 +93,7 @@ def _drift(host, path: str) -> str | None:
 
 def test_a_verbose_converge_with_diff_that_rewrites_secret_files_prints_no_secret(group_hosts, pytestconfig):
     secrets = deployment_secrets()
-    assert {"redis_password", "rabbitmq_app_password"} <= set(secrets), sorted(secrets)
+    assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(secrets), sorted(secrets)
     if (ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local") / "ca").is_dir():
         assert "ca/ca.key" in secrets, sorted(secrets)
     drifted = []

@@ -147,8 +147,8 @@ def test_migration_under_load_with_an_interrupted_move_loses_no_task():
     assert api_broker() == "rabbitmq"
     assert (STATE / "broker").read_text() == "rabbitmq"
     assert not (STATE / "migration").exists()
-    auth = "REDISCLI_AUTH=$(awk '$1 == \"requirepass\" {print $2}' /etc/redis/redis.conf)"
-    dbsize = sh(container("redis"), f"{auth} redis-cli {KIT.redis_cli_tls} -n 0 DBSIZE")
+    auth = "REDISCLI_AUTH=$(cat /etc/redis/admin-password)"
+    dbsize = sh(container("redis"), f"{auth} redis-cli {KIT.redis_cli_tls} --user admin --no-auth-warning -n 0 DBSIZE")
     assert dbsize.strip() == "0", "broker keys are left in Redis db 0"
 
     # Every task but the countdown ones (still waiting in the delay queues,

@@ -6,13 +6,17 @@ import pytest
 from ansible_run import run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
+REDIS_USERS = ["admin", "app", "mover", "replica", "sentinel", "exporter"]
 GOOD = {
     "rabbitmq": {
         "rabbitmq_erlang_cookie": "A" * 40,
         "rabbitmq_app_password": "app-secret",
         "rabbitmq_admin_password": "admin-secret",
     },
-    "redis": {"redis_password": "redis-secret", "redis_bind_address": "127.0.0.1"},
+    "redis": {
+        "redis_user_passwords": {user: f"{user}-secret-0123456789" for user in REDIS_USERS},
+        "redis_bind_address": "127.0.0.1",
+    },
     "node_exporter": {},
     "redis_exporter": {"redis_exporter_redis_password": "redis-secret"},
     "prometheus": {"prometheus_scrape_jobs": [{"name": "node", "targets": []}]},
@@ -42,6 +46,11 @@ def _run(playbook: str, extra_vars: dict):
         # Sentinel needs 3 hosts and its password.
         ("redis", {"redis_sentinel_hosts": ["127.0.0.1", "10.0.0.2"]}, "redis_sentinel_hosts"),
         ("redis", {"redis_sentinel_hosts": ["127.0.0.1", "10.0.0.2", "10.0.0.3"]}, "redis_sentinel_password"),
+        # Every Redis user needs a password; "default" is the role's to turn off.
+        ("redis", {"redis_user_passwords": None}, "redis_user_passwords"),
+        ("redis", {"redis_user_passwords": {"admin": "admin-secret-0123456789"}}, "redis_user_passwords"),
+        ("redis", {"redis_users": {"default": "+@all", "admin": "+@all"}}, "redis_users"),
+        ("redis", {"redis_admin_user": "root"}, "redis_admin_user"),
         ("node_exporter", {"node_exporter_port": "ninety"}, "node_exporter_port"),
         ("redis_exporter", {"redis_exporter_redis_password": None}, "redis_exporter_redis_password"),
         ("prometheus", {"prometheus_scrape_jobs": None}, "prometheus_scrape_jobs"),

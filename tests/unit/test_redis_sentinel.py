@@ -91,6 +91,24 @@ def test_kit_clients_ask_the_sentinels_for_the_primary():
     assert sentinel.connection_pool.connection_kwargs["password"] == SENTINEL_PASSWORD
 
 
+def test_every_client_logs_in_as_its_redis_user():
+    """The user of the URLs (the app's, the mover's) reaches the servers; the Sentinels are asked without it."""
+    urls = kit_urls.kit_redis_urls(
+        REDIS_PASSWORD, "10.0.0.20", 6379, SENTINELS, 26379, "celery-kit", SENTINEL_PASSWORD, user="app"
+    )
+    assert redisurl.parse(urls[1]).username == "app"
+    pool = redisurl.connect(urls[2]).connection_pool
+    assert (pool.connection_kwargs["username"], pool.connection_kwargs["password"]) == ("app", REDIS_PASSWORD)
+    assert pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs.get("username") is None
+    app = kit_app(deployment_settings(broker="redis", broker_url=urls[0], result_backend=urls[1], locks_url=urls[2]))
+    assert app.backend.connparams["username"] == "app"
+    with app.connection_for_write() as connection:
+        assert connection.userid == "app"
+    single = kit_urls.kit_redis_urls(REDIS_PASSWORD, "10.0.0.20", 6379, [], 26379, "celery-kit", "", user="mover")
+    assert single[0] == "redis://mover:pa%2Fss@10.0.0.20:6379/0"
+    assert redisurl.connect(single[0]).connection_pool.connection_kwargs["username"] == "mover"
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
