@@ -1,6 +1,7 @@
 """Redis: a user per client (the app's may not run server commands) and every write in the append-only file."""
 
 import json
+import shlex
 import time
 import uuid
 
@@ -38,7 +39,7 @@ def test_without_a_user_name_redis_runs_nothing(redis_host):
 
 def test_the_apps_redis_user_works_on_data_but_may_not_flush_configure_or_shut_down(group_hosts, redis_host):
     worker = group_hosts("workers")[0]
-    answers = json.loads(worker.check_output(f"{APP_RUN} python -c {json.dumps(AS_THE_APP)}").splitlines()[-1])
+    answers = json.loads(worker.check_output(f"{APP_RUN} python -c {shlex.quote(AS_THE_APP)}").splitlines()[-1])
     assert (answers.pop("SET"), answers.pop("GET")) == ("ok", "ok")
     assert answers == dict.fromkeys(answers, "NoPermissionError"), answers
     # Redis still runs, with AOF on, and it logged the refusals.
