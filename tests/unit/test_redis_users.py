@@ -19,14 +19,11 @@ does on a deployment:
 from __future__ import annotations
 
 import hashlib
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import jinja2
+import loopback
 import pytest
 import redis
 import yaml
@@ -73,36 +70,14 @@ def render_users(default_open: bool = False, legacy_password: str = "") -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def port(tmp_path_factory):
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    acl = tmp_path_factory.mktemp("redis") / "users.acl"
+    directory = tmp_path_factory.mktemp("redis")
+    acl = directory / "users.acl"
     acl.write_text(render_users())
-    port = _free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--aclfile", str(acl)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert process.poll() is None, "redis-server refused the role's users file"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    port = loopback.free_port()
+    with loopback.serving(loopback.redis_server_argv(port, "--aclfile", str(acl)), port, directory / "redis.log"):
+        yield port
 
 
 def url(port: int, user: str, db: int) -> str:
