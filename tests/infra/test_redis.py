@@ -52,9 +52,10 @@ def _logged_in_users(redis_host) -> set[str]:
     return {line.split("user=")[1].split()[0] for line in redis_cli(redis_host, "CLIENT", "LIST").stdout.splitlines()}
 
 
-def test_each_client_logs_in_as_its_own_user_and_the_default_user_is_off(group_hosts, redis_host):
+def test_each_client_logs_in_as_its_own_user_and_nobody_as_the_default_user(group_hosts, redis_host):
     """The workers as app, the Sentinels as sentinel, the replicas as replica, the exporter as exporter."""
-    assert "off" in redis_cli(redis_host, "ACL", "GETUSER", "default").stdout.split()
+    default = redis_cli(redis_host, "ACL", "GETUSER", "default").stdout.split()
+    assert "nopass" not in default and "passwords" in default, default
     users = _logged_in_users(redis_host)
     assert "default" not in users
     assert {"app", "admin"} <= users, users

@@ -88,9 +88,10 @@ def client(port: int, user: str, db: int = 0) -> redis.Redis:
     return redis.Redis.from_url(url(port, user, db))
 
 
-def test_every_user_has_rules_and_the_default_user_is_off():
+def test_every_user_has_rules_and_nobody_logs_in_as_the_default_user():
     text = render_users()
-    assert "user default off" in text
+    # Nobody logs in as default (no password, not nopass); it keeps its rights for the AOF replay.
+    assert "user default on resetpass ~* &* +@all" in text
     for name, password in PASSWORDS.items():
         assert f"user {name} on #{hashlib.sha256(password.encode()).hexdigest()} " in text
         assert password not in text, "a password in clear in users.acl"
