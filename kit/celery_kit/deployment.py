@@ -42,6 +42,11 @@ DEFAULTS: dict[str, Any] = {
     "result_expires": 86400,
     # Workers send task events (Flower's task list), with a monitoring host.
     "task_events": False,
+    # Whether this host's Celery declares the queues and exchanges it
+    # publishes to. False on a producer whose broker user may only publish
+    # (the api hosts: the rabbitmq role's publisher user); the broker has
+    # them already (the rabbitmq role declares them).
+    "declare": True,
     # The producers' durable outbox (celery_kit.outbox): a SQLite file on
     # each producer host and its bounds. No path: no outbox, a producer
     # answers 503 while the broker does not take a task.
@@ -85,19 +90,10 @@ def validate(settings: dict[str, Any]) -> None:
     """Reject settings no app can run with, naming the key."""
     if settings["broker"] not in BROKERS:
         raise DeploymentError(f"broker must be one of {BROKERS}, not {settings['broker']!r}")
-    names = queue_names(settings)
-    if not names or not all(isinstance(name, str) and name for name in names):
-        raise DeploymentError("queues must be a non-empty list of objects with a name")
-    for queue in settings["queues"]:
-        kind = queue.get("type", DEFAULT_QUEUE_TYPE)
-        if kind not in QUEUE_TYPES:
-            raise DeploymentError(f"queue {queue['name']!r}: type must be one of {QUEUE_TYPES}, not {kind!r}")
-        if kind == "quorum" and queue.get("max_priority") is not None:
-            raise DeploymentError(f"queue {queue['name']!r}: max_priority applies to classic queues only")
-    if settings["default_queue"] not in names:
-        raise DeploymentError(f"default_queue {settings['default_queue']!r} is not one of the queues {names}")
-    if not isinstance(settings["task_events"], bool):
-        raise DeploymentError("task_events must be true or false")
+    validate_queues(settings)
+    for key in ("task_events", "declare"):
+        if not isinstance(settings[key], bool):
+            raise DeploymentError(f"{key} must be true or false")
     validate_outbox(settings["outbox"])
     if settings["api_gate"] is not None:
         try:
@@ -110,6 +106,20 @@ def validate(settings: dict[str, Any]) -> None:
     for key in ("task_time_limit", "max_countdown", "result_expires"):
         if not isinstance(settings[key], int) or settings[key] <= 0:
             raise DeploymentError(f"{key} must be a positive integer")
+
+
+def validate_queues(settings: dict[str, Any]) -> None:
+    names = queue_names(settings)
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise DeploymentError("queues must be a non-empty list of objects with a name")
+    for queue in settings["queues"]:
+        kind = queue.get("type", DEFAULT_QUEUE_TYPE)
+        if kind not in QUEUE_TYPES:
+            raise DeploymentError(f"queue {queue['name']!r}: type must be one of {QUEUE_TYPES}, not {kind!r}")
+        if kind == "quorum" and queue.get("max_priority") is not None:
+            raise DeploymentError(f"queue {queue['name']!r}: max_priority applies to classic queues only")
+    if settings["default_queue"] not in names:
+        raise DeploymentError(f"default_queue {settings['default_queue']!r} is not one of the queues {names}")
 
 
 def validate_outbox(outbox: Any) -> None:

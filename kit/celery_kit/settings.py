@@ -124,7 +124,7 @@ def deployment_settings(deployment: dict[str, Any]) -> dict[str, Any]:
         # password go in the transport options.
         "broker_url": broker_url(deployment),
         "result_backend": redisurl.celery_url(deployment["result_backend"]),
-        "task_queues": build_queues(deployment["queues"]),
+        "task_queues": build_queues(deployment["queues"], declare=deployment["declare"]),
         "task_default_queue": default_queue,
         "task_default_exchange": DEFAULT_EXCHANGE,
         "task_default_exchange_type": EXCHANGE_TYPE,

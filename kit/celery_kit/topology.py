@@ -55,11 +55,18 @@ def queue_arguments(queue: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def build_queues(queues: list[dict[str, Any]]) -> list[Queue]:
-    """kombu queues bound to their durable topic exchange by queue name."""
+def build_queues(queues: list[dict[str, Any]], declare: bool = True) -> list[Queue]:
+    """kombu queues bound to their durable topic exchange by queue name.
+
+    declare=False: kombu never declares them (nor their exchanges, nor the
+    bindings), so a producer whose broker user may only publish never asks
+    for more.
+    """
     built = []
     for queue in queues:
-        exchange = Exchange(queue.get("exchange", DEFAULT_EXCHANGE), type=EXCHANGE_TYPE, durable=True)
+        exchange = Exchange(
+            queue.get("exchange", DEFAULT_EXCHANGE), type=EXCHANGE_TYPE, durable=True, no_declare=not declare
+        )
         built.append(
             Queue(
                 queue["name"],
@@ -67,6 +74,7 @@ def build_queues(queues: list[dict[str, Any]]) -> list[Queue]:
                 routing_key=queue.get("routing_key", queue["name"]),
                 durable=True,
                 queue_arguments=queue_arguments(queue) or None,
+                no_declare=not declare,
             )
         )
     return built

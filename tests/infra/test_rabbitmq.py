@@ -2,8 +2,11 @@
 policy, Celery's delayed delivery, limits and timeouts."""
 
 import json
+import shlex
 
+import pytest
 from conftest import (
+    APP_PYTHON,
     APP_QUEUES,
     DEAD_LETTER_QUEUE,
     DEAD_LETTERED_QUEUES,
@@ -120,3 +123,43 @@ def test_memory_and_disk_watermarks_are_set(rabbitmq):
     disk = rabbitmq.check_output("rabbitmqctl -q eval 'application:get_env(rabbit, disk_free_limit).'")
     assert memory == "{ok,0.4}"
     assert disk.startswith("{ok,") and disk != "{ok,50000000}"
+
+
+# Run as the app on the api host, with the api's own broker URL (the
+# publisher user): what a compromised api host could do to the broker.
+# Prints, per operation, "ok" or the AMQP reply code RabbitMQ refused it with.
+AS_THE_API = """
+import json, os
+import amqp
+from celery_kit import amqpurl
+url = json.load(open(os.environ["CELERY_KIT_DEPLOYMENT"]))["broker_url"].split(";")[0]
+answers = {}
+operations = {
+    "publish": lambda ch: ch.basic_publish(amqp.Message("probe"), exchange="tasks", routing_key="nothing.bound"),
+    "declare": lambda ch: ch.queue_declare("attacker-queue", durable=True, auto_delete=False),
+    "delete": lambda ch: ch.queue_delete("default"),
+    "purge": lambda ch: ch.queue_purge("default"),
+    "read": lambda ch: ch.basic_get("default"),
+    "bind": lambda ch: ch.queue_bind("default", exchange="tasks", routing_key="#"),
+}
+for name, operation in operations.items():
+    with amqp.Connection(**amqpurl.amqp_params(url)) as connection:
+        channel = connection.channel()
+        try:
+            operation(channel)
+            channel.close()
+            answers[name] = "ok"
+        except amqp.exceptions.AMQPError as error:
+            answers[name] = getattr(error, "reply_code", type(error).__name__)
+print(json.dumps(answers))
+"""
+
+
+def test_the_apis_broker_user_may_publish_but_not_declare_delete_purge_read_or_bind(group_hosts, broker):
+    if broker != "rabbitmq":
+        pytest.skip("the api hosts publish to Redis on this deployment")
+    api = group_hosts("api")[0]
+    answers = json.loads(api.check_output(f"{APP_PYTHON} -c {shlex.quote(AS_THE_API)}").splitlines()[-1])
+    assert answers.pop("publish") == "ok"
+    # 403 ACCESS_REFUSED for each.
+    assert answers == dict.fromkeys(answers, 403), answers

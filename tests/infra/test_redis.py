@@ -5,9 +5,8 @@ import shlex
 import time
 import uuid
 
-from conftest import redis_cli
+from conftest import APP_PYTHON, redis_cli
 
-APP_RUN = "/opt/celery-app/bin/celery-app-run"
 # Run as the app on a worker host, with the app's own Redis URL (its user,
 # app): what a stolen worker's credentials can do to Redis. Prints, per
 # command, the error class Redis answered with, or "ok".
@@ -39,7 +38,7 @@ def test_without_a_user_name_redis_runs_nothing(redis_host):
 
 def test_the_apps_redis_user_works_on_data_but_may_not_flush_configure_or_shut_down(group_hosts, redis_host):
     worker = group_hosts("workers")[0]
-    answers = json.loads(worker.check_output(f"{APP_RUN} python -c {shlex.quote(AS_THE_APP)}").splitlines()[-1])
+    answers = json.loads(worker.check_output(f"{APP_PYTHON} -c {shlex.quote(AS_THE_APP)}").splitlines()[-1])
     assert (answers.pop("SET"), answers.pop("GET")) == ("ok", "ok")
     assert answers == dict.fromkeys(answers, "NoPermissionError"), answers
     # Redis still runs, with AOF on, and it logged the refusals.

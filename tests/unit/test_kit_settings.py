@@ -51,6 +51,28 @@ def test_queues_are_declared_as_the_rabbitmq_role_declares_them():
         assert queue.queue_arguments == {"x-queue-type": "quorum"}
 
 
+def test_a_publish_only_producer_declares_nothing():
+    """The api hosts' Celery (declare false): kombu skips every queue, exchange and binding declaration."""
+    declared = []
+
+    def publish_once(settings):
+        app = kit_app(settings)
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for method in ("queue_declare", "exchange_declare", "queue_bind"):
+                real = getattr(channel, method)
+                setattr(
+                    channel, method, lambda *a, _real=real, _name=method, **k: declared.append(_name) or _real(*a, **k)
+                )
+            with app.producer_or_acquire(connection.Producer()) as producer:
+                app.send_task("add", (1, 2), queue="default", producer=producer)
+
+    publish_once(deployment_settings(declare=False))
+    assert declared == [], "a publish-only producer declared"
+    publish_once(deployment_settings())
+    assert "queue_declare" in declared, "the workers' side declares its queue on the first publish"
+
+
 def test_exchanges_are_topic_exchanges_as_native_delayed_delivery_needs():
     # Celery only delays in the broker through topic (or fanout) exchanges;
     # with a direct one a countdown task would wait in a worker's memory.

@@ -76,6 +76,22 @@ def test_a_user_in_place_needs_its_password_tags_and_full_rights():
     assert not definitions.user_in_place({}, "fixture", "correct horse", [], VHOST)
 
 
+def test_the_publisher_user_is_in_place_only_with_exactly_its_rights():
+    publish_only = {"configure": "^$", "write": "^(tasks|celery_delayed_[0-9]+)$", "read": "^$"}
+    broker = broker_with([RABBITMQ_USER], [dict(full_rights("fixture"), **publish_only)])
+    assert definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST, *publish_only.values())
+    # Full rights are not the publisher's: the role narrows them again.
+    assert not definitions.user_in_place(
+        broker_with([RABBITMQ_USER], [full_rights("fixture")]),
+        "fixture",
+        "correct horse",
+        [],
+        VHOST,
+        *publish_only.values(),
+    )
+    assert not definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST)
+
+
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory) -> dict[str, Any]:
     rendered = tmp_path_factory.mktemp("role") / "rendered.json"

@@ -39,9 +39,12 @@ def password_matches(password_hash, password, algorithm):
     return digest(salt + str(password).encode()).digest() == stored
 
 
-def user_in_place(definitions, name, password, tags, vhost):
-    """The user exists with this password and these tags, and may configure,
-    write and read everything on vhost."""
+def user_in_place(  # noqa: PLR0917 (a Jinja filter takes its arguments by position)
+    definitions, name, password, tags, vhost, configure=None, write=None, read=None
+):
+    """The user exists with this password and these tags, and has exactly
+    these permissions on vhost (each a regular expression; by default
+    everything)."""
     definitions = definitions or {}
     user = next((u for u in definitions.get("users", []) if u.get("name") == name), None)
     if user is None:
@@ -57,7 +60,8 @@ def user_in_place(definitions, name, password, tags, vhost):
     return any(
         p.get("user") == name
         and p.get("vhost") == vhost
-        and (p.get("configure"), p.get("write"), p.get("read")) == (EVERYTHING,) * 3
+        and (p.get("configure"), p.get("write"), p.get("read"))
+        == (configure or EVERYTHING, write or EVERYTHING, read or EVERYTHING)
         for p in definitions.get("permissions", [])
     )
 
