@@ -12,6 +12,7 @@ GOOD = {
         "rabbitmq_erlang_cookie": "A" * 40,
         "rabbitmq_app_password": "app-secret",
         "rabbitmq_admin_password": "admin-secret",
+        "rabbitmq_publisher_password": "publisher-secret",
     },
     "redis": {
         "redis_user_passwords": {user: f"{user}-secret-0123456789" for user in REDIS_USERS},
@@ -34,6 +35,7 @@ def _run(playbook: str, extra_vars: dict):
     [
         ("rabbitmq", {"rabbitmq_vm_memory_high_watermark": "lots"}, "rabbitmq_vm_memory_high_watermark"),
         ("rabbitmq", {"rabbitmq_admin_password": None}, "rabbitmq_admin_password"),
+        ("rabbitmq", {"rabbitmq_publisher_password": None}, "rabbitmq_publisher_password"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 300}]}, "max_priority"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "q", "type": "stream"}]}, "type"),
         # A quorum queue (the default type) has no x-max-priority.
