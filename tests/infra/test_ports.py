@@ -1,8 +1,14 @@
 """Each host listens where it should, and only there: with TLS (the kit's default) AMQP on 5671 and the
-management API on 15671 only, the plain 5672 and 15672 closed."""
+management API on 15671 only, the plain 5672 and 15672 closed. The management port answers the RabbitMQ
+nodes and the operator only (the rabbitmq role's firewall): a worker or an api host gets a reset."""
+
+import os
+import subprocess
+import time
 
 import conftest
-from conftest import private_address
+import pytest
+from conftest import management_url, private_address
 
 
 def _listening(host):
@@ -57,3 +63,46 @@ def test_workers_listen_on_no_service_port(group_hosts):
     used, closed = _service_ports()
     for host in group_hosts("workers"):
         assert not _ports(host) & (used | closed | {6379, 8000}), host.backend.hostname
+
+
+def _management_status(run, url: str) -> tuple[str, float]:
+    """HTTP status of the management API's /api/overview without credentials, as seen by run, and how long it took."""
+    started = time.monotonic()
+    status = run(f"curl -s -m 10 -o /dev/null -w %{{http_code}} {conftest.curl_tls()}{url}")
+    return status.strip(), time.monotonic() - started
+
+
+def test_the_management_port_answers_the_nodes_and_the_operator_but_no_other_host(group_hosts, rabbitmq_nodes):
+    others = group_hosts("workers") + group_hosts("api")
+    for node in rabbitmq_nodes:
+        url = management_url(node, "/api/overview")
+        # Its own node (and every node) gets the login prompt: 401 without credentials.
+        for peer in rabbitmq_nodes:
+            assert _management_status(lambda command, h=peer: h.run(command).stdout, url)[0] == "401"
+        # A worker or an api host is refused at once (a TCP reset, not a timeout).
+        for host in others:
+            status, took = _management_status(lambda command, h=host: h.run(command).stdout, url)
+            assert status == "000", f"{host.backend.hostname} reached {url}: {status}"
+            assert took < 5, f"{host.backend.hostname} waited {took:.1f} s for {url}: dropped, not refused"
+
+
+def test_the_operators_machine_reaches_the_management_port(rabbitmq_nodes, api_host, tmp_path):
+    # Locally the operator is this machine, on the deployment's Docker network
+    # (its gateway); on AWS an SSH tunnel that ends on the node itself.
+    network = f"celery-kit-{os.environ.get('KIT_LOCAL_DEPLOYMENT', 'local')}"
+    if subprocess.run(["docker", "network", "inspect", network], capture_output=True, check=False).returncode:
+        pytest.skip(f"no local Docker network {network}: on AWS the operator reaches the UI through a tunnel")
+    options = []
+    if conftest.TLS_CA:
+        ca = tmp_path / "ca.crt"
+        ca.write_text(api_host.file(conftest.TLS_CA).content_string)
+        options = ["--cacert", str(ca)]
+    for node in rabbitmq_nodes:
+        url = management_url(node, "/api/overview")
+        status = subprocess.run(
+            ["curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", *options, url],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        assert status == "401", f"this machine got {status!r} from {url}"

@@ -154,7 +154,8 @@ def test_redis_and_sentinel_are_served_over_tls_only(attacker, group_hosts):
 
 
 def test_the_management_ui_and_the_api_are_served_over_https_only(attacker, rabbitmq_nodes, api_host):
-    node = private_address(rabbitmq_nodes[0])
+    node_host = rabbitmq_nodes[0]
+    node = private_address(node_host)
     api = private_address(api_host)
 
     def status(url: str, *options: str) -> str:
@@ -175,10 +176,21 @@ def test_the_management_ui_and_the_api_are_served_over_https_only(attacker, rabb
         )
         return result.stdout.strip()
 
+    def status_on_the_node(url: str, *options: str) -> str:
+        command = f"curl -s -m 5 -o /dev/null -w %{{http_code}} {' '.join(options)} {url}"
+        return node_host.run(command).stdout.strip()
+
+    # The attacker does not reach the management port at all (its firewall,
+    # tests/infra/test_ports.py): not in plain HTTP, not in HTTPS.
     assert status(f"http://{node}:15672/api/overview") == "000"
-    assert status(f"http://{node}:15671/api/overview") in ("000", "400")
-    assert status(f"https://{node}:15671/api/overview") == "000"  # no CA: the certificate is not trusted
-    assert status(f"https://{node}:15671/api/overview", "--cacert", CA_ON_ATTACKER) == "401"
+    assert status(f"https://{node}:15671/api/overview", "--cacert", CA_ON_ATTACKER) == "000"
+    # Where it may (on the node itself): HTTPS only, with the CA's certificate.
+    assert status_on_the_node(f"http://{node}:15672/api/overview") == "000"
+    assert status_on_the_node(f"http://{node}:15671/api/overview") in ("000", "400")
+    # Trusting another CA only (a public one), the certificate is refused.
+    public_ca = "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"
+    assert status_on_the_node(f"https://{node}:15671/api/overview", "--cacert", public_ca) == "000"
+    assert status_on_the_node(f"https://{node}:15671/api/overview", "--cacert", conftest.TLS_CA) == "401"
     assert status(f"http://{api}:8000/healthz") == "000"
     assert status(f"https://{api}:8000/healthz", "--cacert", CA_ON_ATTACKER) == "200"
 

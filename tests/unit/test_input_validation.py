@@ -43,6 +43,9 @@ def _run(playbook: str, extra_vars: dict):
         ("rabbitmq", {"rabbitmq_cluster_hosts": ["localhost", "elsewhere"]}, "rabbitmq_cluster_hosts"),
         ("rabbitmq", {"rabbitmq_delivery_limit": 0}, "rabbitmq_delivery_limit"),
         ("rabbitmq", {"rabbitmq_plugins": ["prometheus"]}, "rabbitmq_plugins"),
+        # The management firewall takes IPv4 addresses and networks only.
+        ("rabbitmq", {"rabbitmq_management_allowed_sources": ["10.0.0.0/33"]}, "rabbitmq_management_allowed_sources"),
+        ("rabbitmq", {"rabbitmq_management_allowed_sources": ["ops.example"]}, "rabbitmq_management_allowed_sources"),
         ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
         ("redis", {"redis_maxmemory_policy": "allkeys-lru-ish"}, "redis_maxmemory_policy"),
         # Sentinel needs 3 hosts and its password.
