@@ -83,7 +83,7 @@ BENCH_VARS := $(strip \
   $(if $(BENCH_PACED_RATE),-e bench_paced_rate=$(BENCH_PACED_RATE)) \
   $(if $(BENCH_RAW_MESSAGES),-e bench_raw_messages=$(BENCH_RAW_MESSAGES)))
 
-.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge api-token api-token-revoke renew-certs destroy test lint unit terraform molecule chaos clean check-env
+.PHONY: help venv deploy verify status bench migrate rollback-broker dlq dlq-replay dlq-purge api-token api-token-revoke renew-certs rotate-secrets destroy test lint unit terraform molecule chaos clean check-env
 
 help: ## List the targets
 	@echo "usage: make TARGET [ENV=local] [VARIABLE=value ...]   (see README.md)"
@@ -154,6 +154,9 @@ api-token-revoke: check-env venv ## Revoke an API token (NAME=<name>) on every a
 
 renew-certs: check-env venv ## Give every host a new TLS certificate, one host at a time; services load it without a restart
 	$(ON_HOSTS) $(PLAYBOOK) playbooks/renew-certs.yml
+
+rotate-secrets: check-env venv ## Replace every password (Redis users, RabbitMQ users, Flower) with no refused submission and no lost task
+	$(ON_HOSTS) $(PLAYBOOK) playbooks/rotate-secrets.yml
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)
