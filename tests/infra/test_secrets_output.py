@@ -1,28 +1,49 @@
-"""No secret in Ansible's output, also at the highest verbosity and with --diff.
+"""make rotate-secrets under load, and no secret in Ansible's output, also at the highest verbosity and with --diff.
 
-The files on the hosts that hold the deployment's secrets (redis.conf, its
-users and the admin's password, the exporter's settings, the app's
-settings and environment) are changed by hand, as drift, and site.yml
-then runs with -vvv and --diff, as an operator debugging a deploy would:
-it puts every file back, and what it printed
-(every task's arguments and results, every diff) must hold none of the
-secrets generated for the deployment (the files of its state directory: the
-passwords, the Erlang cookie, the CA's private key, the API tokens),
-neither as they are nor base64-encoded (how slurp prints a file).
+One run checks both (one converge costs make test minutes). The files on
+the hosts that hold the deployment's secrets (redis.conf, its users and the
+admin's password, the exporter's settings, the app's settings, environment
+and token) are changed by hand, as drift; then make rotate-secrets runs with
+-vvv and --diff, as an operator debugging it would, under a steady load:
+it puts every file back, with a new password wherever it holds one.
 
-The monitoring host is left out of the run: molecule's scenario gives it
-settings of its own (quicker scrapes), which a plain run would change.
+- Nothing is refused, lost or dead-lettered.
+- The old passwords no longer log in to Redis and RabbitMQ, the new ones
+  do: a script on a worker host tries the app's settings from before and
+  after and prints only whether each logged in (no password leaves the
+  hosts).
+- What the run printed (every task's arguments and results, every diff)
+  holds none of the secrets generated for the deployment, neither the old
+  nor the new (the files of its state directory: the passwords, the Erlang
+  cookie, the CA's private key, the API tokens), neither as they are nor
+  base64-encoded (how slurp prints a file).
+
+The monitoring host rotates too (Flower logs in with the app's
+passwords); molecule's quicker scrapes there go back to the defaults, which
+no later check of the scenario depends on.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import shlex
+import time
 from pathlib import Path
 
 import pytest
-from conftest import changed_per_host, converge
+from conftest import (
+    APP_PYTHON,
+    FAULT_BODIES,
+    FAULT_RATE,
+    Load,
+    changed_per_host,
+    converge,
+    dead_letters,
+    fault_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIFT = "# drift made by tests/infra/test_secrets_output.py"
@@ -91,31 +112,112 @@ def _drift(host, path: str) -> str | None:
     return checksum
 
 
-def test_a_verbose_converge_with_diff_that_rewrites_secret_files_prints_no_secret(group_hosts, pytestconfig):
-    secrets = deployment_secrets()
-    assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(secrets), sorted(secrets)
-    if (ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local") / "ca").is_dir():
-        assert "ca/ca.key" in secrets, sorted(secrets)
+SETTINGS = "/etc/celery-app/deployment.json"
+SETTINGS_BEFORE = "/root/rotation-settings-before.json"
+
+# Run as the app on a worker host: does each settings file's Redis URL
+# (the app's user) and first RabbitMQ URL (the workers' user) log in?
+LOGS_IN = """
+import json, sys
+import amqp, redis
+from celery_kit import amqpurl, redisurl
+answers = {}
+for name, path in (("before", sys.argv[1]), ("after", sys.argv[2])):
+    settings = json.load(open(path))
+    try:
+        redisurl.connect(settings["result_backend"], socket_timeout=5).ping()
+        answers[name + " redis"] = "ok"
+    except redis.exceptions.RedisError as error:
+        answers[name + " redis"] = type(error).__name__
+    if settings["broker"] == "rabbitmq":
+        try:
+            with amqp.Connection(**amqpurl.amqp_params(settings["broker_url"].split(";")[0])) as connection:
+                connection.channel().close()
+            answers[name + " rabbitmq"] = "ok"
+        except Exception as error:  # a refused login comes as one of several classes
+            answers[name + " rabbitmq"] = type(error).__name__
+print(json.dumps(answers))
+"""
+
+
+def _logins(worker) -> dict[str, str]:
+    try:
+        command = f"{APP_PYTHON} -c {shlex.quote(LOGS_IN)} {SETTINGS_BEFORE} {SETTINGS}"
+        return json.loads(worker.check_output(command).splitlines()[-1])
+    finally:
+        worker.run(f"rm -f {SETTINGS_BEFORE}")
+
+
+def _drift_every_file_with_a_secret(group_hosts) -> list[tuple]:
+    """Drift every file that holds a secret; each (host, path, its checksum once drifted)."""
     drifted = []
     for group, paths in FILES_WITH_SECRETS.items():
         for host in group_hosts(group, required=False):
             for path in paths:
-                if checksum := _drift(host, path):
-                    drifted.append((host, path, checksum))
+                if _drift(host, path):
+                    drifted.append((host, path, host.file(path).sha256sum))
     assert drifted
+    return drifted
 
-    result = converge(pytestconfig, "-vvv", "--diff", limit="all:localhost:!monitoring", timeout=1500)
 
-    output = result.stdout + result.stderr
-    printed = sorted(name for name, value in secrets.items() if any(form in output for form in printed_forms(value)))
-    print(
-        f"verbose converge: {len(output.splitlines())} lines of output, {len(secrets)} secrets looked for,"
-        f" {len(drifted)} files with secrets rewritten; printed: {printed or 'none'}"
+def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_prints_no_secret(
+    group_hosts, pytestconfig, rabbitmq, api_host
+):
+    secrets = deployment_secrets()
+    assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(secrets), sorted(secrets)
+    if (ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local") / "ca").is_dir():
+        assert "ca/ca.key" in secrets, sorted(secrets)
+    worker = group_hosts("workers")[0]
+    worker.check_output(f"install -m 0600 {SETTINGS} {SETTINGS_BEFORE}")
+    drifted = _drift_every_file_with_a_secret(group_hosts)
+    dead_before = dead_letters(rabbitmq)
+    load = Load(api_host, "rotate-secrets")
+    load.start(FAULT_RATE, FAULT_BODIES)
+    started = time.monotonic()
+    try:
+        time.sleep(5)
+        result = converge(
+            pytestconfig, "-vvv", "--diff", limit="all:localhost", timeout=1800, playbook="playbooks/rotate-secrets.yml"
+        )
+        seconds = time.monotonic() - started
+        time.sleep(5)
+    finally:
+        steady = load.stop()
+    report = load.wait_until_all_ran(timeout=300)
+    counts = fault_report(
+        f"every password rotated (make rotate-secrets -vvv --diff, {seconds:.0f} s)",
+        steady,
+        report,
+        dead_letters(rabbitmq) - dead_before,
     )
-    assert printed == [], f"the output of ansible-playbook -vvv --diff holds these secrets: {printed}"
-    # The run did rewrite the drifted files (their diffs were to be shown).
+    logins = _logins(worker)
+    print("LOGINS AFTER THE ROTATION " + json.dumps(logins))
+
+    new_secrets = deployment_secrets()
+    rotated = sorted(name for name in secrets if new_secrets.get(name) != secrets[name])
+    looked_for = {**{f"{name} (before)": value for name, value in secrets.items()}, **new_secrets}
+    output = result.stdout + result.stderr
+    printed = sorted(name for name, value in looked_for.items() if any(f in output for f in printed_forms(value)))
+    print(
+        f"verbose rotation: {len(output.splitlines())} lines of output, {len(looked_for)} secrets looked for"
+        f" ({len(rotated)} rotated), {len(drifted)} files with secrets rewritten; printed: {printed or 'none'}"
+    )
+    assert printed == [], f"the output of make rotate-secrets -vvv --diff holds these secrets: {printed}"
+    assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(rotated), rotated
+    assert not list((ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local")).glob("*.previous"))
+
+    assert logins["after redis"] == "ok"
+    assert logins["before redis"] != "ok", "Redis still takes the app's old password"
+    if "after rabbitmq" in logins:
+        assert logins["after rabbitmq"] == "ok"
+        assert logins["before rabbitmq"] != "ok", "RabbitMQ still takes the workers' old password"
+    assert counts["refused"] == 0, steady
+    assert counts["lost"] == 0, report
+    assert counts["dead_lettered"] == 0
+
+    # The run rewrote the drifted files (their diffs were to be shown).
     changed = changed_per_host(result)
-    for host, path, checksum in drifted:
+    for host, path, drifted_checksum in drifted:
         name = host.backend.hostname
         assert changed.get(name, 0) > 0, f"{name} was not changed"
-        assert host.file(path).sha256sum == checksum, f"{path} on {name} was not put back"
+        assert host.file(path).sha256sum != drifted_checksum, f"{path} on {name} was not rewritten"

@@ -56,6 +56,9 @@ def _run(playbook: str, extra_vars: dict):
         ("redis", {"redis_user_passwords": {"admin": "admin-secret-0123456789"}}, "redis_user_passwords"),
         ("redis", {"redis_users": {"default": "+@all", "admin": "+@all"}}, "redis_users"),
         ("redis", {"redis_admin_user": "root"}, "redis_admin_user"),
+        # A rotation's old passwords: for users the role has, as long as new ones.
+        ("redis", {"redis_user_previous_passwords": {"nobody": "x" * 20}}, "redis_user_previous_passwords"),
+        ("redis", {"redis_user_previous_passwords": {"app": "short"}}, "redis_user_previous_passwords"),
         ("node_exporter", {"node_exporter_port": "ninety"}, "node_exporter_port"),
         ("redis_exporter", {"redis_exporter_redis_password": None}, "redis_exporter_redis_password"),
         ("prometheus", {"prometheus_scrape_jobs": None}, "prometheus_scrape_jobs"),

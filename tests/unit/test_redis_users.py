@@ -54,7 +54,7 @@ REFUSED_TO_THE_APP = [
 ]
 
 
-def render_users(default_open: bool = False, legacy_password: str = "") -> str:
+def render_users(default_open: bool = False, legacy_password: str = "", previous: dict | None = None) -> str:
     """users.acl as the role writes it (Ansible trims blocks; its hash and bool filters stood in for)."""
     environment = jinja2.Environment(  # noqa: S701 (a config file, not HTML; Ansible does not escape either)
         loader=jinja2.FileSystemLoader(ROLE / "templates"), undefined=jinja2.StrictUndefined, trim_blocks=True
@@ -67,6 +67,7 @@ def render_users(default_open: bool = False, legacy_password: str = "") -> str:
         redis_user_passwords=PASSWORDS,
         redis_default_user_open=default_open,
         redis_legacy_password=legacy_password,
+        redis_user_previous_passwords=previous or {},
     )
 
 
@@ -100,6 +101,26 @@ def test_every_user_has_rules_and_nobody_logs_in_as_the_default_user():
 def test_during_an_upgrade_the_default_user_keeps_the_old_password():
     text = render_users(default_open=True, legacy_password="old-single-password")  # noqa: S106 (a test value)
     assert f"user default on #{hashlib.sha256(b'old-single-password').hexdigest()} " in text
+
+
+def test_during_a_rotation_a_user_logs_in_with_its_old_or_its_new_password_then_with_the_new_only(tmp_path):
+    old = {"app": "app-old-password-0123456789", "admin": "admin-old-password-0123456789"}
+    acl = tmp_path / "users.acl"
+    acl.write_text(render_users(previous=old))
+    assert old["app"] not in acl.read_text()
+    port = loopback.free_port()
+    once = Retry(NoBackoff(), 0)
+    with loopback.serving(loopback.redis_server_argv(port, "--aclfile", str(acl)), port, tmp_path / "redis.log"):
+        for password in (old["app"], PASSWORDS["app"]):
+            assert redis.Redis(port=port, username="app", password=password, retry=once).ping()
+        # The rotation ends: the file without the old hashes, loaded by the
+        # admin with its new password (the role's handler).
+        acl.write_text(render_users())
+        admin = redis.Redis(port=port, username="admin", password=PASSWORDS["admin"], retry=once)
+        assert admin.execute_command("ACL", "LOAD") in (b"OK", "OK", True)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, username="app", password=old["app"], retry=once).ping()
+        assert redis.Redis(port=port, username="app", password=PASSWORDS["app"], retry=once).ping()
 
 
 def test_without_a_user_name_nothing_runs(port):
