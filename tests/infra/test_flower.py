@@ -14,6 +14,7 @@ import re
 import shlex
 from typing import Any
 
+import conftest
 from conftest import submit, wait_for_result, wait_until, worker_names
 
 CREDENTIALS = "/etc/celery-app/flower.env"
@@ -24,14 +25,13 @@ def _address(host) -> str:
     unit = host.file(UNIT).content_string
     address = re.search(r"--address=(\S+)", unit).group(1)
     port = re.search(r"--port=(\d+)", unit).group(1)
-    return f"http://{address}:{port}"
+    return f"{'https' if conftest.TLS_CA else 'http'}://{address}:{port}"
 
 
 def _status(host, path: str, credentials: str | None) -> int:
     auth = f"-u {shlex.quote(credentials)} " if credentials else ""
-    out = host.check_output(
-        f"curl -s -o /dev/null -w '%{{http_code}}' -m 10 {auth}{shlex.quote(_address(host) + path)}"
-    )
+    url = shlex.quote(_address(host) + path)
+    out = host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' -m 10 {conftest.curl_tls()}{auth}{url}")
     return int(out)
 
 
@@ -39,7 +39,9 @@ def _api(host, path: str) -> Any:
     with host.sudo():
         credentials = host.file(CREDENTIALS).content_string.strip().split("=", 1)[1]
     return json.loads(
-        host.check_output(f"curl -sf -m 10 -u {shlex.quote(credentials)} {shlex.quote(_address(host) + path)}")
+        host.check_output(
+            f"curl -sf -m 10 {conftest.curl_tls()}-u {shlex.quote(credentials)} {shlex.quote(_address(host) + path)}"
+        )
     )
 
 

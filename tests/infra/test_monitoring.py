@@ -15,6 +15,7 @@ import time
 import urllib.parse
 from typing import Any
 
+import conftest
 import pytest
 from conftest import Load, dead_letters, fault_report, submit, wait_for_result, wait_until
 
@@ -30,12 +31,17 @@ def _listen_address(host, service: str) -> str:
 
 
 def _get(host, url: str) -> Any:
-    return json.loads(host.check_output(f"curl -sf -m 10 {shlex.quote(url)}"))
+    return json.loads(host.check_output(f"curl -sf -m 10 {conftest.curl_tls()}{shlex.quote(url)}"))
+
+
+def _scheme() -> str:
+    """Prometheus and Alertmanager serve HTTPS with TLS (the kit's default)."""
+    return "https" if conftest.TLS_CA else "http"
 
 
 def prometheus(host, path: str, **params: str) -> Any:
     query = urllib.parse.urlencode(params)
-    reply = _get(host, f"http://{_listen_address(host, 'prometheus')}/api/v1/{path}?{query}")
+    reply = _get(host, f"{_scheme()}://{_listen_address(host, 'prometheus')}/api/v1/{path}?{query}")
     assert reply["status"] == "success", reply
     return reply["data"]
 
@@ -52,7 +58,7 @@ def prometheus_alerts(host, name: str) -> list[dict[str, Any]]:
 
 
 def alertmanager_alerts(host, name: str) -> list[dict[str, Any]]:
-    alerts = _get(host, f"http://{_listen_address(host, 'prometheus-alertmanager')}/api/v2/alerts")
+    alerts = _get(host, f"{_scheme()}://{_listen_address(host, 'prometheus-alertmanager')}/api/v2/alerts")
     return [alert for alert in alerts if alert["labels"].get("alertname") == name]
 
 

@@ -195,6 +195,35 @@ def test_the_management_ui_and_the_api_are_served_over_https_only(attacker, rabb
     assert status(f"https://{api}:8000/healthz", "--cacert", CA_ON_ATTACKER) == "200"
 
 
+def _attacker_status(attacker: str, url: str, *options: str) -> str:
+    """curl's HTTP status from the attacker's container ("000": no HTTP answer)."""
+    result = _docker(
+        "exec", attacker, "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", *options, url, check=False
+    )
+    return result.stdout.strip()
+
+
+def test_the_exporters_prometheus_alertmanager_and_flower_are_served_over_https_only(attacker, group_hosts):
+    monitoring = group_hosts("monitoring", required=False)
+    if not monitoring:
+        pytest.skip("this deployment has no monitoring host (MONITORING_HOSTS=0): no exporter runs")
+    endpoints = [(host, 9100, "/metrics") for host in group_hosts("all")]
+    endpoints += [(host, 9121, "/metrics") for host in group_hosts("redis")]
+    endpoints += [(monitoring[0], 9090, "/-/ready"), (monitoring[0], 9093, "/-/ready")]
+    endpoints += [(monitoring[0], 5555, "/healthcheck")]
+    answers = {}
+    for host, port, path in endpoints:
+        address = private_address(host)
+        answers[f"{host.backend.hostname}:{port}"] = (
+            _attacker_status(attacker, f"http://{address}:{port}{path}"),
+            _attacker_status(attacker, f"https://{address}:{port}{path}", "--cacert", CA_ON_ATTACKER),
+        )
+    # Plain HTTP gets no answer, or Go's 400 ("an HTTP request to an HTTPS
+    # server"); HTTPS with the CA's certificate gets the page.
+    wrong = {name: pair for name, pair in answers.items() if pair[0] not in ("000", "400") or pair[1] != "200"}
+    assert not wrong, f"(plain HTTP, HTTPS) answers: {wrong}"
+
+
 def test_the_erlang_distribution_refuses_a_peer_without_a_certificate_of_the_ca(attacker, rabbitmq_nodes, tls_ca):
     node = rabbitmq_nodes[0]
     address = private_address(node)
