@@ -326,6 +326,14 @@ def test_renewing_every_certificate_under_load_restarts_nothing_and_loses_nothin
     for host in redis_hosts:
         assert _served_serial(attacker, private_address(host), 6379) == after[host.backend.hostname]
     assert _served_serial(attacker, private_address(api_host), 8000) == after[api_host.backend.hostname]
+    # The exporters, Prometheus, Alertmanager (each reads its certificate
+    # at every new connection) and Flower (Tornado loads it at every
+    # handshake), where a monitoring host runs them.
+    monitoring = group_hosts("monitoring", required=False)
+    monitored = [(host, 9100) for host in hosts] + [(host, 9121) for host in redis_hosts] if monitoring else []
+    monitored += [(host, port) for host in monitoring for port in (9090, 9093, 5555)]
+    for host, port in monitored:
+        assert _served_serial(attacker, private_address(host), port) == after[host.backend.hostname], port
     assert {
         **{f"{node.backend.hostname} rabbitmq": _main_pids(node, "rabbitmq-server") for node in rabbitmq_nodes},
         **{f"{host.backend.hostname} redis": _main_pids(host, "redis-server") for host in redis_hosts},
