@@ -103,7 +103,7 @@ def _assert_cluster_of(nodes: int) -> None:
         assert set(queue["online"]) == expected, f"{queue['name']}: {queue['online']}"
     for name in KIT.containers("rabbitmq"):
         users = json.loads(sh(name, "rabbitmqctl -q --formatter json list_users"))
-        assert sorted(user["user"] for user in users) == ["admin", "celery", "celery-api"], name
+        assert sorted(user["user"] for user in users) == ["admin", "celery", "celery-api", "celery-mover"], name
 
 
 def test_the_deployment_starts_with_one_node():

@@ -110,6 +110,11 @@ def curl_auth() -> str:
     return f"-H @{API_AUTH_FILE} "
 
 
+def state_dir() -> Path:
+    """The deployment's state directory on the controller (its secrets), as make deploy made it."""
+    return ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local")
+
+
 def private_address(host) -> str:
     """The host's address on the deployment's network (the source of its default route)."""
     return host.check_output("ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")

@@ -9,30 +9,26 @@ directory: no token is ever on a command line.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import conftest
 import pytest
-from conftest import ROOT, converge, private_address
+from conftest import converge, private_address, state_dir
 
 NAME = "verify-suite"
-
-
-def _state() -> Path:
-    return ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local")
 
 
 @pytest.fixture(scope="module")
 def api(api_host):
     """POST or GET on the api host's address; returns (status, JSON body, headers)."""
-    if not (_state() / "api-tokens").is_dir():
-        pytest.skip(f"no API tokens in {_state()}: the suite calls the API from the controller of a local deployment")
+    if not (state_dir() / "api-tokens").is_dir():
+        pytest.skip(
+            f"no API tokens in {state_dir()}: the suite calls the API from the controller of a local deployment"
+        )
     scheme = "https" if conftest.TLS_CA else "http"
-    context = ssl.create_default_context(cafile=str(_state() / "ca" / "ca.crt")) if conftest.TLS_CA else None
+    context = ssl.create_default_context(cafile=str(state_dir() / "ca" / "ca.crt")) if conftest.TLS_CA else None
     base = f"{scheme}://{private_address(api_host)}:8000"
 
     def call(method: str, path: str, token: str | None = None, body: dict | None = None):
@@ -51,7 +47,7 @@ def api(api_host):
 
 
 def _token(name: str) -> str:
-    return (_state() / "api-tokens" / name).read_text().strip()
+    return (state_dir() / "api-tokens" / name).read_text().strip()
 
 
 def _tokens_playbook(pytestconfig, action: str, name: str, *extra: str) -> None:
@@ -95,7 +91,7 @@ def test_an_issued_token_works_and_a_revoked_one_stops_at_once_without_a_restart
         assert api("POST", "/tasks", token=token, body=ADD)[0] == 202
     finally:
         _tokens_playbook(pytestconfig, "revoke", NAME)
-    assert not (_state() / "api-tokens" / NAME).exists()
+    assert not (state_dir() / "api-tokens" / NAME).exists()
     assert api("POST", "/tasks", token=token, body=ADD)[0] == 401
     assert api_host.check_output("systemctl show --property=MainPID --value celery-api") == main_pid
 

@@ -52,7 +52,7 @@ def test_app_queues_are_quorum_queues_with_a_member_online_on_every_node(rabbitm
 def test_only_the_declared_users_exist_on_every_node(rabbitmq_nodes):
     for host in rabbitmq_nodes:
         users = host.check_output("rabbitmqctl -q list_users --formatter json")
-        declared = ["admin", "celery", "celery-api"]
+        declared = ["admin", "celery", "celery-api", "celery-mover"]
         assert sorted(user["user"] for user in json.loads(users)) == declared, host.backend.hostname
 
 

@@ -3,6 +3,7 @@ policy, Celery's delayed delivery, limits and timeouts."""
 
 import json
 import shlex
+import urllib.parse
 
 import pytest
 from conftest import (
@@ -15,6 +16,7 @@ from conftest import (
     management_url,
     queue_argument,
     rabbitmq_queues,
+    state_dir,
 )
 
 DELAY_LEVELS = 28
@@ -125,41 +127,95 @@ def test_memory_and_disk_watermarks_are_set(rabbitmq):
     assert disk.startswith("{ok,") and disk != "{ok,50000000}"
 
 
-# Run as the app on the api host, with the api's own broker URL (the
-# publisher user): what a compromised api host could do to the broker.
-# Prints, per operation, "ok" or the AMQP reply code RabbitMQ refused it with.
-AS_THE_API = """
-import json, os
+# Run with the app's Python on a host, logged in with the broker URL given
+# as its argument: what those credentials could do to the broker. Prints,
+# per operation, "ok" or the AMQP reply code RabbitMQ refused it with.
+PROBE = """
+import json, sys
 import amqp
 from celery_kit import amqpurl
-url = json.load(open(os.environ["CELERY_KIT_DEPLOYMENT"]))["broker_url"].split(";")[0]
+url = sys.argv[1]
 answers = {}
 operations = {
     "publish": lambda ch: ch.basic_publish(amqp.Message("probe"), exchange="tasks", routing_key="nothing.bound"),
+    "publish to a queue": lambda ch: ch.basic_publish(amqp.Message("probe"), exchange="", routing_key="no-such-queue"),
+    "count": lambda ch: ch.queue_declare("default", passive=True),
     "declare": lambda ch: ch.queue_declare("attacker-queue", durable=True, auto_delete=False),
+    "declare an exchange": lambda ch: ch.exchange_declare("attacker-exchange", "topic", durable=True),
     "delete": lambda ch: ch.queue_delete("default"),
+    "delete an exchange": lambda ch: ch.exchange_delete("tasks"),
     "purge": lambda ch: ch.queue_purge("default"),
-    "read": lambda ch: ch.basic_get("default"),
+    "read": lambda ch: ch.basic_get("health"),
     "bind": lambda ch: ch.queue_bind("default", exchange="tasks", routing_key="#"),
 }
-for name, operation in operations.items():
-    with amqp.Connection(**amqpurl.amqp_params(url)) as connection:
-        channel = connection.channel()
-        try:
-            operation(channel)
-            channel.close()
-            answers[name] = "ok"
-        except amqp.exceptions.AMQPError as error:
-            answers[name] = getattr(error, "reply_code", type(error).__name__)
+for name in sys.argv[2:]:
+    connection = amqp.Connection(**amqpurl.amqp_params(url))
+    try:
+        connection.connect()
+        operations[name](connection.channel())
+        answers[name] = "ok"
+    except amqp.exceptions.AMQPError as error:
+        answers[name] = getattr(error, "reply_code", type(error).__name__)
+    finally:
+        connection.collect()
 print(json.dumps(answers))
 """
+REFUSED = 403  # ACCESS_REFUSED
+
+
+def _probe(host, url: str, *operations: str) -> dict[str, object]:
+    result = host.run(f"{APP_PYTHON} -c {shlex.quote(PROBE)} {shlex.quote(url)} {shlex.join(operations)}")
+    # Not the command in the message: its URL holds a password.
+    assert result.rc == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _broker_url(host) -> str:
+    """The first broker URL the app on a host logs in with."""
+    return json.loads(host.file("/etc/celery-app/deployment.json").content_string)["broker_url"].split(";")[0]
+
+
+def _as_user(url: str, user: str, password: str) -> str:
+    """The same broker URL with another user's credentials."""
+    parts = urllib.parse.urlsplit(url)
+    login = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return parts._replace(netloc=f"{login}@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def test_the_apis_broker_user_may_publish_but_not_declare_delete_purge_read_or_bind(group_hosts, broker):
     if broker != "rabbitmq":
         pytest.skip("the api hosts publish to Redis on this deployment")
     api = group_hosts("api")[0]
-    answers = json.loads(api.check_output(f"{APP_PYTHON} -c {shlex.quote(AS_THE_API)}").splitlines()[-1])
+    answers = _probe(api, _broker_url(api), "publish", "declare", "delete", "purge", "read", "bind")
     assert answers.pop("publish") == "ok"
-    # 403 ACCESS_REFUSED for each.
-    assert answers == dict.fromkeys(answers, 403), answers
+    assert answers == dict.fromkeys(answers, REFUSED), answers
+
+
+def test_the_movers_broker_user_may_read_count_and_publish_but_not_declare_delete_or_bind(group_hosts, broker):
+    """The kit's tools (make migrate, rollback-broker, dlq-replay) log in as celery-mover."""
+    if broker != "rabbitmq":
+        pytest.skip("no RabbitMQ on this deployment")
+    worker = group_hosts("workers")[0]
+    url = _as_user(_broker_url(worker), "celery-mover", (state_dir() / "rabbitmq_mover_password").read_text().strip())
+    allowed = ("publish", "publish to a queue", "count", "read")
+    refused = ("declare", "declare an exchange", "delete", "delete an exchange", "bind")
+    answers = _probe(worker, url, *allowed, *refused)
+    assert answers == {**dict.fromkeys(allowed, "ok"), **dict.fromkeys(refused, REFUSED)}, answers
+
+
+def test_the_administrator_has_the_management_interface_and_no_amqp_login(rabbitmq, group_hosts, broker):
+    if broker != "rabbitmq":
+        pytest.skip("no RabbitMQ on this deployment")
+    password = (state_dir() / "rabbitmq_admin_password").read_text().strip()
+    worker = group_hosts("workers")[0]
+    answers = _probe(worker, _as_user(_broker_url(worker), "admin", password), "count")
+    # 530 NOT_ALLOWED: access to the vhost refused (the administrator has no
+    # rights on any vhost).
+    assert answers == {"count": 530}, answers
+    curl = f"curl -s -o /dev/null -w %{{http_code}} {curl_tls()}-u admin:{shlex.quote(password)}"
+    queues = management_url(rabbitmq, "/api/queues/%2Fcelery?columns=name")
+    assert rabbitmq.run(f"{curl} {shlex.quote(queues)}").stdout == "200"
+    # What acts on messages needs rights on the vhost: 401 for the UI's Get.
+    get = management_url(rabbitmq, "/api/queues/%2Fcelery/health/get")
+    body = shlex.quote(json.dumps({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+    assert rabbitmq.run(f"{curl} -H content-type:application/json -d {body} {shlex.quote(get)}").stdout == "401"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shlex
 import time
@@ -43,6 +42,7 @@ from conftest import (
     converge,
     dead_letters,
     fault_report,
+    state_dir,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def deployment_secrets() -> dict[str, str]:
     The passwords and the Erlang cookie, the CA's private key (ca/ca.key)
     and the API tokens (api-tokens/<name>).
     """
-    state = ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local")
+    state = state_dir()
     if not state.is_dir():
         pytest.skip(f"no state directory {state}: the secrets of this deployment are not on this controller")
     secrets = {}
@@ -165,7 +165,7 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
 ):
     secrets = deployment_secrets()
     assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(secrets), sorted(secrets)
-    if (ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local") / "ca").is_dir():
+    if (state_dir() / "ca").is_dir():
         assert "ca/ca.key" in secrets, sorted(secrets)
     worker = group_hosts("workers")[0]
     worker.check_output(f"install -m 0600 {SETTINGS} {SETTINGS_BEFORE}")
@@ -205,7 +205,7 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     )
     assert printed == [], f"the output of make rotate-secrets -vvv --diff holds these secrets: {printed}"
     assert {"redis_admin_password", "redis_app_password", "rabbitmq_app_password"} <= set(rotated), rotated
-    assert not list((ROOT / ".state" / os.environ.get("KIT_LOCAL_DEPLOYMENT", "local")).glob("*.previous"))
+    assert not list(state_dir().glob("*.previous"))
 
     assert logins["after redis"] == "ok"
     assert logins["before redis"] != "ok", "Redis still takes the app's old password"

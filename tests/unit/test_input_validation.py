@@ -13,6 +13,7 @@ GOOD = {
         "rabbitmq_app_password": "app-secret",
         "rabbitmq_admin_password": "admin-secret",
         "rabbitmq_publisher_password": "publisher-secret",
+        "rabbitmq_mover_password": "mover-secret",
     },
     "redis": {
         "redis_user_passwords": {user: f"{user}-secret-0123456789" for user in REDIS_USERS},
@@ -36,6 +37,8 @@ def _run(playbook: str, extra_vars: dict):
         ("rabbitmq", {"rabbitmq_vm_memory_high_watermark": "lots"}, "rabbitmq_vm_memory_high_watermark"),
         ("rabbitmq", {"rabbitmq_admin_password": None}, "rabbitmq_admin_password"),
         ("rabbitmq", {"rabbitmq_publisher_password": None}, "rabbitmq_publisher_password"),
+        ("rabbitmq", {"rabbitmq_mover_password": None}, "rabbitmq_mover_user"),
+        ("rabbitmq", {"rabbitmq_mover_user": "celery"}, "rabbitmq_mover_user"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "p", "max_priority": 300}]}, "max_priority"),
         ("rabbitmq", {"rabbitmq_queues": [{"name": "q", "type": "stream"}]}, "type"),
         # A quorum queue (the default type) has no x-max-priority.

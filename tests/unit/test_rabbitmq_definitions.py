@@ -10,6 +10,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,43 +64,115 @@ def test_a_sha512_hash_is_recognised_too():
     assert definitions.password_matches(stored, "pw", "rabbit_password_hashing_sha512")
 
 
-def test_a_user_in_place_needs_its_password_tags_and_full_rights():
+FULL = {"vhost": VHOST, "configure_priv": ".*", "write_priv": ".*", "read_priv": ".*"}
+PUBLISH_ONLY = {
+    "vhost": VHOST,
+    "configure_priv": "^$",
+    "write_priv": "^(tasks|celery_delayed_[0-9]+)$",
+    "read_priv": "^$",
+}
+FIXTURE_PASSWORD = "correct horse"  # noqa: S105 (RABBITMQ_USER's, a test fixture)
+
+
+def user(tags=(), permissions=None) -> dict[str, Any]:
+    return {"name": "fixture", "tags": list(tags), "permissions": permissions}
+
+
+def granted(permissions: dict[str, str]) -> dict[str, str]:
+    """A permission as GET /api/definitions reports it."""
+    return {
+        "user": "fixture",
+        "vhost": permissions["vhost"],
+        "configure": permissions["configure_priv"],
+        "write": permissions["write_priv"],
+        "read": permissions["read_priv"],
+    }
+
+
+def in_place(broker, wanted, password=FIXTURE_PASSWORD) -> bool:
+    return definitions.users_not_in_place(broker, [wanted], {"fixture": password}) == []
+
+
+def test_a_user_in_place_needs_its_password_tags_and_rights():
     broker = broker_with([RABBITMQ_USER], [full_rights("fixture")])
-    assert definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST)
-    assert not definitions.user_in_place(broker, "fixture", "another password", [], VHOST)
-    assert not definitions.user_in_place(broker, "fixture", "correct horse", ["administrator"], VHOST)
-    assert not definitions.user_in_place(broker, "someone", "correct horse", [], VHOST)
-    assert not definitions.user_in_place(broker, "fixture", "correct horse", [], "/other")
+    assert in_place(broker, user(permissions=FULL))
+    assert not in_place(broker, user(permissions=FULL), "another password")
+    assert not in_place(broker, user(["administrator"], FULL))
+    someone = dict(user(permissions=FULL), name="someone")
+    assert definitions.users_not_in_place(broker, [someone], {"someone": "correct horse"}) == [someone]
+    assert not in_place(broker, user(permissions=dict(FULL, vhost="/other")))
     read_only = broker_with([RABBITMQ_USER], [dict(full_rights("fixture"), write="^$")])
-    assert not definitions.user_in_place(read_only, "fixture", "correct horse", [], VHOST)
+    assert not in_place(read_only, user(permissions=FULL))
     # Nothing read (the administrator could not log in): declare everything.
-    assert not definitions.user_in_place({}, "fixture", "correct horse", [], VHOST)
+    assert not in_place({}, user(permissions=FULL))
+
+
+def test_the_users_not_in_place_are_returned_without_their_passwords():
+    broker = broker_with([RABBITMQ_USER], [full_rights("fixture")])
+    other = dict(user(permissions=FULL), name="other")
+    passwords = {"fixture": "first-secret", "other": "second-secret"}
+    missing = definitions.users_not_in_place(broker, [user(permissions=FULL), other], passwords)
+    assert missing == [user(permissions=FULL), other]
+    assert not any(password in json.dumps(missing) for password in passwords.values())
 
 
 def test_the_publisher_user_is_in_place_only_with_exactly_its_rights():
-    publish_only = {"configure": "^$", "write": "^(tasks|celery_delayed_[0-9]+)$", "read": "^$"}
-    broker = broker_with([RABBITMQ_USER], [dict(full_rights("fixture"), **publish_only)])
-    assert definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST, *publish_only.values())
+    broker = broker_with([RABBITMQ_USER], [granted(PUBLISH_ONLY)])
+    assert in_place(broker, user(permissions=PUBLISH_ONLY))
     # Full rights are not the publisher's: the role narrows them again.
-    assert not definitions.user_in_place(
-        broker_with([RABBITMQ_USER], [full_rights("fixture")]),
-        "fixture",
-        "correct horse",
-        [],
-        VHOST,
-        *publish_only.values(),
-    )
-    assert not definitions.user_in_place(broker, "fixture", "correct horse", [], VHOST)
+    assert not in_place(broker_with([RABBITMQ_USER], [full_rights("fixture")]), user(permissions=PUBLISH_ONLY))
+    assert not in_place(broker, user(permissions=FULL))
+
+
+def test_a_user_without_rights_is_in_place_only_with_none_on_any_vhost():
+    # The administrator: the management interface only.
+    admin = dict(RABBITMQ_USER, tags=["administrator"])
+    assert in_place(broker_with([admin]), user(["administrator"]))
+    assert not in_place(broker_with([admin], [full_rights("fixture")]), user(["administrator"]))
+    nothing_allowed = {"vhost": "/other", "configure_priv": "^$", "write_priv": "^$", "read_priv": "^$"}
+    assert not in_place(broker_with([admin], [granted(nothing_allowed)]), user(["administrator"]))
 
 
 @pytest.fixture(scope="module")
-def topology(tmp_path_factory) -> dict[str, Any]:
+def rendered(tmp_path_factory) -> dict[str, Any]:
     rendered = tmp_path_factory.mktemp("role") / "rendered.json"
     result = run_playbook(
         "tests/unit/playbooks/render-rabbitmq-vars.yml", {"rendered_file": str(rendered), "rabbitmq_queues": KIT_QUEUES}
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(rendered.read_text())["topology"]
+    return json.loads(rendered.read_text())
+
+
+@pytest.fixture(scope="module")
+def topology(rendered) -> dict[str, Any]:
+    return rendered["topology"]
+
+
+def matches(permissions: dict[str, str], right: str, name: str) -> bool:
+    return re.fullmatch(permissions[f"{right}_priv"], name) is not None
+
+
+def test_the_mover_may_read_and_publish_the_apps_messages_and_declare_nothing(rendered):
+    mover = rendered["mover_permissions"]
+    queues = [queue["name"] for queue in KIT_QUEUES]
+    # basic.get and queue.purge need read on the queue; basic.publish write
+    # on the exchange (the default exchange is amq.default).
+    for name in [*queues, "dead-letter", "celery_delayed_0", "celery_delayed_27"]:
+        assert matches(mover, "read", name), name
+    for name in ["tasks", "amq.default", "celery_delayed_27"]:
+        assert matches(mover, "write", name), name
+    for name in ["celery-kit-bench", "amq.rabbitmq.trace", "tasks2", "celery_delayed_x", "celery.pidbox"]:
+        assert not matches(mover, "read", name) and not matches(mover, "write", name), name
+    # queue.bind needs write on the queue: no app queue is writable.
+    assert not any(matches(mover, "write", name) for name in [*queues, "dead-letter"])
+    assert not any(matches(mover, "configure", name) for name in [*queues, "tasks", "x"])
+
+
+def test_the_publisher_may_publish_to_the_apps_exchanges_only(rendered):
+    publisher = rendered["publisher_permissions"]
+    assert matches(publisher, "write", "tasks") and matches(publisher, "write", "celery_delayed_27")
+    assert not matches(publisher, "write", "amq.default")
+    assert not any(matches(publisher, right, "default") for right in ("configure", "read"))
 
 
 def exported(topology: dict[str, Any], vhost: str = VHOST) -> dict[str, Any]:

@@ -4,8 +4,9 @@ The role reads the broker's definitions once (GET /api/definitions) and
 decides from them what it still has to do: a deploy that changes nothing
 then makes no further call to the broker. Two filters:
 
-- rabbitmq_user_in_place: is this user there, with this password (checked
-  against the stored salted hash), these tags and full rights on the vhost?
+- rabbitmq_users_not_in_place: which of these users are missing, or have
+  another password (checked against the stored salted hash), other tags or
+  other rights?
 - rabbitmq_definitions_diff: which exchanges, queues, bindings and policies
   of the desired definitions are missing or differ, and which existing
   queues or exchanges conflict (RabbitMQ cannot change their arguments in
@@ -39,31 +40,44 @@ def password_matches(password_hash, password, algorithm):
     return digest(salt + str(password).encode()).digest() == stored
 
 
-def user_in_place(  # noqa: PLR0917 (a Jinja filter takes its arguments by position)
-    definitions, name, password, tags, vhost, configure=None, write=None, read=None
-):
-    """The user exists with this password and these tags, and has exactly
-    these permissions on vhost (each a regular expression; by default
-    everything)."""
+def user_in_place(definitions, user, password):
+    """The user (name, tags, permissions) exists with this
+    password and these tags, and has its permissions: on the vhost they
+    name, exactly the configure_priv, write_priv and read_priv regular
+    expressions; with permissions None, none on any vhost."""
     definitions = definitions or {}
-    user = next((u for u in definitions.get("users", []) if u.get("name") == name), None)
-    if user is None:
+    name = user["name"]
+    present = next((u for u in definitions.get("users", []) if u.get("name") == name), None)
+    if present is None:
         return False
-    present_tags = user.get("tags", [])
+    present_tags = present.get("tags", [])
     if isinstance(present_tags, str):  # RabbitMQ 3.x wrote "a,b"
         present_tags = [tag for tag in present_tags.split(",") if tag]
+    tags = user.get("tags") or []
     wanted_tags = [tag for tag in (tags.split(",") if isinstance(tags, str) else tags) if tag]
     if sorted(present_tags) != sorted(wanted_tags):
         return False
-    if not password_matches(user.get("password_hash"), password, user.get("hashing_algorithm")):
+    if not password_matches(present.get("password_hash"), password, present.get("hashing_algorithm")):
         return False
-    return any(
-        p.get("user") == name
-        and p.get("vhost") == vhost
-        and (p.get("configure"), p.get("write"), p.get("read"))
-        == (configure or EVERYTHING, write or EVERYTHING, read or EVERYTHING)
+    granted = [
+        (p.get("vhost"), p.get("configure"), p.get("write"), p.get("read"))
         for p in definitions.get("permissions", [])
-    )
+        if p.get("user") == name
+    ]
+    wanted = user.get("permissions")
+    if wanted is None:
+        return not granted
+    return (
+        wanted["vhost"],
+        wanted.get("configure_priv", EVERYTHING),
+        wanted.get("write_priv", EVERYTHING),
+        wanted.get("read_priv", EVERYTHING),
+    ) in granted
+
+
+def users_not_in_place(definitions, users, passwords):
+    """The users (see user_in_place; passwords by name) missing or different."""
+    return [user for user in users if not user_in_place(definitions, user, passwords[user["name"]])]
 
 
 def _normal(value):
@@ -147,6 +161,6 @@ def definitions_diff(desired, present, vhost):
 class FilterModule:
     def filters(self):
         return {
-            "rabbitmq_user_in_place": user_in_place,
+            "rabbitmq_users_not_in_place": users_not_in_place,
             "rabbitmq_definitions_diff": definitions_diff,
         }
