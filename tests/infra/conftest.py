@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -443,3 +444,35 @@ def fault_report(fault: str, steady: dict[str, Any], report: dict[str, Any], dea
     }
     print("FAULT COUNTS " + json.dumps(counts))
     return counts
+
+
+@dataclass
+class CountedRun:
+    """What under_counted_load gives back: the action's own result, then the counts."""
+
+    result: Any
+    counts: dict[str, Any]
+    steady: dict[str, Any]
+    report: dict[str, Any]
+
+
+def under_counted_load(api_host, rabbitmq, name: str, fault: str, action: Callable[[], Any]) -> CountedRun:
+    """Run action() under the steady load (from 5 s before to 5 s after), then count what it cost.
+
+    fault names it in the FAULT COUNTS line; {seconds} in it becomes how long
+    the load ran until action() returned.
+    """
+    dead_before = dead_letters(rabbitmq)
+    load = Load(api_host, name)
+    load.start(FAULT_RATE, FAULT_BODIES)
+    started = time.monotonic()
+    try:
+        time.sleep(5)
+        result = action()
+        seconds = time.monotonic() - started
+        time.sleep(5)
+    finally:
+        steady = load.stop()
+    report = load.wait_until_all_ran(timeout=300)
+    counts = fault_report(fault.format(seconds=f"{seconds:.0f}"), steady, report, dead_letters(rabbitmq) - dead_before)
+    return CountedRun(result, counts, steady, report)

@@ -29,20 +29,16 @@ import base64
 import json
 import re
 import shlex
-import time
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import (
     APP_PYTHON,
-    FAULT_BODIES,
-    FAULT_RATE,
-    Load,
     changed_per_host,
     converge,
-    dead_letters,
-    fault_report,
     state_dir,
+    under_counted_load,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,28 +165,22 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
         assert "ca/ca.key" in secrets, sorted(secrets)
     worker = group_hosts("workers")[0]
     worker.check_output(f"install -m 0600 {SETTINGS} {SETTINGS_BEFORE}")
-    dead_before = dead_letters(rabbitmq)
-    load = Load(api_host, "rotate-secrets")
-    load.start(FAULT_RATE, FAULT_BODIES)
-    started = time.monotonic()
-    try:
-        time.sleep(5)
+
+    def rotate() -> tuple[list[tuple], subprocess.CompletedProcess]:
         # Once the load runs: it read its token's header file when it started.
         drifted = _drift_every_file_with_a_secret(group_hosts)
-        result = converge(
+        return drifted, converge(
             pytestconfig, "-vvv", "--diff", limit="all:localhost", timeout=1800, playbook="playbooks/rotate-secrets.yml"
         )
-        seconds = time.monotonic() - started
-        time.sleep(5)
-    finally:
-        steady = load.stop()
-    report = load.wait_until_all_ran(timeout=300)
-    counts = fault_report(
-        f"every password rotated (make rotate-secrets -vvv --diff, {seconds:.0f} s)",
-        steady,
-        report,
-        dead_letters(rabbitmq) - dead_before,
+
+    run = under_counted_load(
+        api_host,
+        rabbitmq,
+        "rotate-secrets",
+        "every password rotated (make rotate-secrets -vvv --diff, {seconds} s)",
+        rotate,
     )
+    drifted, result = run.result
     logins = _logins(worker)
     print("LOGINS AFTER THE ROTATION " + json.dumps(logins))
 
@@ -212,9 +202,9 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     if "after rabbitmq" in logins:
         assert logins["after rabbitmq"] == "ok"
         assert logins["before rabbitmq"] != "ok", "RabbitMQ still takes the workers' old password"
-    assert counts["refused"] == 0, steady
-    assert counts["lost"] == 0, report
-    assert counts["dead_lettered"] == 0
+    assert run.counts["refused"] == 0, run.steady
+    assert run.counts["lost"] == 0, run.report
+    assert run.counts["dead_lettered"] == 0
 
     # The run rewrote the drifted files (their diffs were to be shown).
     changed = changed_per_host(result)

@@ -17,21 +17,16 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import time
 import uuid
 
 import conftest
 import pytest
 from conftest import (
     APP_PYTHON,
-    FAULT_BODIES,
-    FAULT_RATE,
-    Load,
     converge,
     curl_tls,
-    dead_letters,
-    fault_report,
     private_address,
+    under_counted_load,
 )
 
 IMAGE = "celery-kit-host:trixie-1"
@@ -299,23 +294,12 @@ def test_renewing_every_certificate_under_load_restarts_nothing_and_loses_nothin
         **{f"{host.backend.hostname} redis": _main_pids(host, "redis-server") for host in redis_hosts},
         "api": _main_pids(api_host, "celery-api"),
     }
-    dead_before = dead_letters(rabbitmq)
-    load = Load(api_host, "renew-certs")
-    load.start(FAULT_RATE, FAULT_BODIES)
-    started = time.monotonic()
-    try:
-        time.sleep(5)
-        converge(pytestconfig, limit="all", timeout=1200, playbook="playbooks/renew-certs.yml")
-        seconds = time.monotonic() - started
-        time.sleep(5)
-    finally:
-        steady = load.stop()
-    report = load.wait_until_all_ran(timeout=300)
-    counts = fault_report(
-        f"every host's certificate renewed (make renew-certs, {seconds:.0f} s)",
-        steady,
-        report,
-        dead_letters(rabbitmq) - dead_before,
+    run = under_counted_load(
+        api_host,
+        rabbitmq,
+        "renew-certs",
+        "every host's certificate renewed (make renew-certs, {seconds} s)",
+        lambda: converge(pytestconfig, limit="all", timeout=1200, playbook="playbooks/renew-certs.yml"),
     )
     after = _certificate_serials(hosts)
     assert all(after[name] != before[name] for name in before), "a certificate was not replaced"
@@ -339,6 +323,6 @@ def test_renewing_every_certificate_under_load_restarts_nothing_and_loses_nothin
         **{f"{host.backend.hostname} redis": _main_pids(host, "redis-server") for host in redis_hosts},
         "api": _main_pids(api_host, "celery-api"),
     } == pids
-    assert counts["refused"] == 0, steady
-    assert counts["lost"] == 0, report
-    assert counts["dead_lettered"] == 0
+    assert run.counts["refused"] == 0, run.steady
+    assert run.counts["lost"] == 0, run.report
+    assert run.counts["dead_lettered"] == 0
