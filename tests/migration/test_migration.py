@@ -24,11 +24,12 @@ STOP = "/root/stop"
 # Long enough that the countdown tasks are still due when each move ends:
 # they must enter RabbitMQ's delay queues with the delay they have left
 # (asserted), and the rollback's own ones must leave them again on the way
-# back (asserted). In the clean-clone CI on 2 cores the forward test, a
-# 3-node cluster installed, took 362 s, and the rollback's move about 150 s;
-# the forward move's countdown tasks then go back too, or, on a slower
-# machine, run on RabbitMQ when due: either way every one must run. The
-# rollback test waits until they are due, so COUNTDOWN is its length.
+# back (asserted). In a clean-clone CI on 2 cores the forward test, a
+# 3-node cluster installed, took 362 s, the rollback test (its move, then
+# waiting until these were due at 900 s) 545 s. The forward move's
+# countdown tasks go back too, or, on a slower machine, run on RabbitMQ
+# when due: either way every one must run. The rollback test waits until
+# they are due, so COUNTDOWN sets its length.
 COUNTDOWN = 700
 ROLLBACK_COUNTDOWN = 400
 COUNTDOWN_LINES = (17, 116)  # where the 100 countdown tasks are in the ids file
