@@ -24,7 +24,8 @@ KEY_NAME ?=
 AUTO_APPROVE ?=
 # make migrate / rollback-broker: DRY_RUN=1 prints the plan only.
 DRY_RUN ?=
-# make api-token / api-token-revoke: the token's name.
+# make api-token / api-token-revoke: the token's name; make rotate-secrets:
+# the tokens to give new values (a,b).
 NAME ?=
 # make dlq-replay / dlq-purge: which dead-lettered messages (one of them).
 TASK ?=
@@ -155,8 +156,8 @@ api-token-revoke: check-env venv ## Revoke an API token (NAME=<name>) on every a
 renew-certs: check-env venv ## Give every host a new TLS certificate, one host at a time; services load it without a restart
 	$(ON_HOSTS) $(PLAYBOOK) playbooks/renew-certs.yml
 
-rotate-secrets: check-env venv ## Replace every password (Redis users, RabbitMQ users, Flower) with no refused submission and no lost task
-	$(ON_HOSTS) $(PLAYBOOK) playbooks/rotate-secrets.yml
+rotate-secrets: check-env venv ## Replace every password and the kit's API token (NAME=a,b: those tokens too) with no refused submission and no lost task
+	$(ON_HOSTS) $(PLAYBOOK) $(if $(NAME),-e rotate_api_tokens='$(NAME)') playbooks/rotate-secrets.yml
 
 destroy: check-env venv ## Remove the hosts and the deployment's generated state (asks first on AWS)
 ifeq ($(ENV),aws)

@@ -7,7 +7,9 @@ malformed or unknown token gets a 401 with a JSON ``{"error": ...}`` and
 ``WWW-Authenticate: Bearer``. The api hosts hold only the tokens' SHA-256
 hashes, in a file the gate reads again whenever it changes: a token issued
 or revoked (make api-token, make api-token-revoke) counts from the next
-request, no restart.
+request, no restart. A token replaced by make rotate-secrets keeps its old
+value's hash for a while, with the time it stops ("expires", seconds since
+the epoch), so its client can switch to the new one without a refusal.
 
 Limits, per token (per client address on a public path), shared by every
 gunicorn process of every api host through Redis (the locks database):
@@ -172,12 +174,17 @@ def token_hash(token: str) -> str:
 
 
 class Tokens:
-    """The tokens file: {sha256 hex: {"name": ..., "limits": {...}}}, read again when it changes."""
+    """The tokens file: {sha256 hex: {"name": ..., "limits": {...}, "expires": ...}}, read again when it changes.
+
+    "expires" (optional; a rotated token's old value) is when the hash
+    stops being accepted, in seconds since the epoch.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._seen: tuple[float, int] | None = None
         self._callers: dict[str, Caller] = {}
+        self._expiries: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def _load(self) -> None:
@@ -190,16 +197,25 @@ class Tokens:
         if not isinstance(entries, dict):
             raise GateError(f"{self.path} must hold a JSON object of token hashes")
         callers = {}
+        expiries = {}
         for digest, entry in entries.items():
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise GateError(f"{self.path}: every token needs a name")
             callers[digest] = Caller(entry["name"], Limits.parse(entry.get("limits", {}), f"token {entry['name']}"))
-        self._callers, self._seen = callers, seen
+            expires = entry.get("expires")
+            if expires is not None:
+                if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+                    raise GateError(f"{self.path}: token {entry['name']}: expires must be seconds since the epoch")
+                expiries[digest] = float(expires)
+        self._callers, self._expiries, self._seen = callers, expiries, seen
 
     def find(self, token: str) -> Caller | None:
         with self._lock:
             self._load()
-            return self._callers.get(token_hash(token))
+            digest = token_hash(token)
+            if time.time() >= self._expiries.get(digest, math.inf):
+                return None
+            return self._callers.get(digest)
 
 
 class LocalBuckets:

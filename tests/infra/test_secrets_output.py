@@ -30,13 +30,16 @@ import json
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import (
     APP_PYTHON,
+    api_url,
     changed_per_host,
     converge,
+    curl_tls,
     state_dir,
     under_counted_load,
 )
@@ -144,6 +147,13 @@ def _logins(worker) -> dict[str, str]:
         worker.run(f"rm -f {SETTINGS_BEFORE}")
 
 
+def _api_status(api_host, token: str) -> str:
+    """The API's HTTP status for a GET with this token, asked on the api host."""
+    header = shlex.quote(f"Authorization: Bearer {token}")
+    url = api_url("/tasks/0b6b1d6e-3f6e-4d43-9a3c-2f1f0b8f3c11")
+    return api_host.run(f"curl -s -o /dev/null -w %{{http_code}} {curl_tls()}-H {header} {url}").stdout
+
+
 def _drift_every_file_with_a_secret(group_hosts) -> list[tuple]:
     """Drift every file that holds a secret; each (host, path, its checksum once drifted)."""
     drifted = []
@@ -205,6 +215,22 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     assert run.counts["refused"] == 0, run.steady
     assert run.counts["lost"] == 0, run.report
     assert run.counts["dead_lettered"] == 0
+
+    # The kit's own API token has a new value; the old one (the steady load
+    # sent it throughout) logs in until its grace ends, a day from now.
+    assert "api-tokens/kit" in rotated, rotated
+    answers = {
+        which: _api_status(api_host, token)
+        for which, token in (
+            ("old", secrets["api-tokens/kit"]),
+            ("new", new_secrets["api-tokens/kit"]),
+            ("never issued", "x" * 43),
+        )
+    }
+    assert answers == {"old": "200", "new": "200", "never issued": "401"}, answers
+    hashes = json.loads(api_host.file("/etc/celery-app/api-tokens.json").content_string)
+    ending = {entry["name"]: entry["expires"] - time.time() for entry in hashes.values() if "expires" in entry}
+    assert set(ending) == {"kit"} and 23 * 3600 < ending["kit"] <= 24 * 3600, ending
 
     # The run rewrote the drifted files (their diffs were to be shown).
     changed = changed_per_host(result)

@@ -115,6 +115,31 @@ def test_a_revoked_token_is_refused_at_once_and_a_new_one_accepted_without_a_res
     assert client.get("/tasks/0b6b1d6e", headers=auth("ck-new-token-aaaaaaaaaaaa")).status_code == 200
 
 
+def test_a_rotated_tokens_old_value_works_until_it_expires_and_the_new_one_at_once(tmp_path, redis_url):
+    """make rotate-secrets: the old value's hash stays, with when it stops; both log in until then."""
+    path = tmp_path / "api-tokens.json"
+    entries = {
+        apigate.token_hash(TOKEN): {"name": "ci", "limits": {}},
+        apigate.token_hash(OTHER): {"name": "ci", "limits": {}, "expires": time.time() + 2},
+    }
+    path.write_text(json.dumps(entries))
+    client = gated_client(path, redis_url)
+    assert client.get("/tasks/0b6b1d6e", headers=auth(TOKEN)).status_code == 200
+    assert client.get("/tasks/0b6b1d6e", headers=auth(OTHER)).status_code == 200
+    time.sleep(2.1)  # the old value's time is up: refused, with no change to the file
+    assert client.get("/tasks/0b6b1d6e", headers=auth(OTHER)).status_code == 401
+    assert client.get("/tasks/0b6b1d6e", headers=auth(TOKEN)).status_code == 200
+
+
+def test_a_tokens_file_with_a_bad_expiry_gets_503_and_the_log_names_it(tmp_path, redis_url, capsys):
+    path = tmp_path / "api-tokens.json"
+    path.write_text(json.dumps({apigate.token_hash(TOKEN): {"name": "ci", "expires": "tomorrow"}}))
+    reply = gated_client(path, redis_url).post("/tasks", json=ADD, headers=auth())
+    assert reply.status_code == 503
+    assert "cannot check tokens" in reply.json["error"]
+    assert "token ci: expires must be seconds since the epoch" in capsys.readouterr().out
+
+
 def test_past_its_burst_a_token_gets_429_with_retry_after_and_other_tokens_do_not(tmp_path, redis_url):
     path = tmp_path / "tokens.json"
     write_tokens(path, {TOKEN: ("burst-a", {"rate": 0.5, "burst": 3}), OTHER: ("burst-b", {})})

@@ -112,6 +112,16 @@ def test_unknown_broker_stops_site_yml_on_the_controller():
     assert not (ROOT / ".state" / "input-validation").exists()
 
 
+def test_rotating_a_token_never_issued_stops_before_any_secret_changes():
+    result = _run(
+        "playbooks/rotate-secrets.yml", {"rotate_api_tokens": "ci, nobody", "kit_environment": "input-validation"}
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "No API token named ci, nobody" in output
+    assert not (ROOT / ".state" / "input-validation").exists()
+
+
 def test_a_pool_on_a_group_without_hosts_stops_site_yml_on_the_controller():
     pools = [{"name": "reports", "queues": [], "processes": 1, "concurrency": 1, "hosts": "workers_reports"}]
     result = _run("playbooks/site.yml", {"kit_worker_pools": pools, "kit_environment": "input-validation"})
