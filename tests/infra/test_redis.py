@@ -5,7 +5,8 @@ import shlex
 import time
 import uuid
 
-from conftest import APP_PYTHON, redis_cli
+import conftest
+from conftest import APP_PYTHON, curl_tls, redis_cli
 
 # Run as the app on a worker host, with the app's own Redis URL (its user,
 # app): what a stolen worker's credentials can do to Redis. Prints, per
@@ -63,7 +64,8 @@ def test_each_client_logs_in_as_its_own_user_and_nobody_as_the_default_user(grou
     if group_hosts("monitoring", required=False):
         # The exporter logs in at every scrape: redis_up is 0 when it cannot.
         address = redis_host.check_output("hostname -I").split()[0]
-        metrics = redis_host.check_output(f"curl -s -m 5 http://{address}:9121/metrics")
+        scheme = "https" if conftest.TLS_CA else "http"
+        metrics = redis_host.check_output(f"curl -s -m 5 {curl_tls()}{scheme}://{address}:9121/metrics")
         assert "\nredis_up 1" in metrics
 
 
