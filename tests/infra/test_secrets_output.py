@@ -18,6 +18,11 @@ it puts every file back, with a new password wherever it holds one.
   cookie, the CA's private key, the API tokens), neither as they are nor
   base64-encoded (how slurp prints a file).
 
+With a Sentinel group, the drifted redis.conf restarts every Redis server:
+they must restart one at a time, each back in sync with the primary before
+the next stops, and the primary must hand its role over first (SENTINEL
+FAILOVER, no Sentinel seeing it down: no +odown).
+
 The monitoring host rotates too (Flower logs in with the app's
 passwords); molecule's quicker scrapes there go back to the defaults, which
 no later check of the scenario depends on.
@@ -26,6 +31,7 @@ no later check of the scenario depends on.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import shlex
@@ -40,6 +46,7 @@ from conftest import (
     changed_per_host,
     converge,
     curl_tls,
+    sentinel_primary_address,
     state_dir,
     under_counted_load,
 )
@@ -154,6 +161,40 @@ def _api_status(api_host, token: str) -> str:
     return api_host.run(f"curl -s -o /dev/null -w %{{http_code}} {curl_tls()}-H {header} {url}").stdout
 
 
+# What a replica's Redis logs once it is in sync with its primary again.
+IN_SYNC = ("MASTER <-> REPLICA sync: Finished with success", "MASTER <-> REPLICA sync: Master accepted a Partial")
+
+
+def _restart_window(host, since: float) -> tuple[float | None, float | None]:
+    """When the host's Redis server was stopped after since, and when it was in sync with a primary again."""
+    log = host.run(f"journalctl -u redis-server -o short-unix --no-pager --since @{since:.0f}").stdout
+    stopped = None
+    for line in log.splitlines():
+        stamp, _, text = line.partition(" ")
+        if stopped is None and "Received SIGTERM" in text:
+            stopped = float(stamp)
+        elif stopped is not None and any(mark in text for mark in IN_SYNC):
+            return stopped, float(stamp)
+    return stopped, None
+
+
+def _check_the_group_restarted_in_turn(redis_hosts, since: float, primary_before: str | None) -> None:
+    windows = {host.backend.hostname: _restart_window(host, since) for host in redis_hosts}
+    print("REDIS RESTARTS (stopped, in sync again) " + json.dumps(windows))
+    assert all(stopped and synced for stopped, synced in windows.values()), f"every server restarts: {windows}"
+    ordered = sorted(windows.values())
+    for (_, synced), (next_stopped, _) in itertools.pairwise(ordered):
+        assert next_stopped >= synced, f"two Redis servers of the group were down at once: {windows}"
+    odown = [
+        line
+        for host in redis_hosts
+        for line in host.run(f"journalctl -u redis-sentinel --no-pager --since @{since:.0f}").stdout.splitlines()
+        if "+odown" in line
+    ]
+    assert odown == [], "a Sentinel saw the primary down during the restarts"
+    assert sentinel_primary_address(redis_hosts) != primary_before, "the primary handed its role over"
+
+
 def _drift_every_file_with_a_secret(group_hosts) -> list[tuple]:
     """Drift every file that holds a secret; each (host, path, its checksum once drifted)."""
     drifted = []
@@ -175,6 +216,9 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
         assert "ca/ca.key" in secrets, sorted(secrets)
     worker = group_hosts("workers")[0]
     worker.check_output(f"install -m 0600 {SETTINGS} {SETTINGS_BEFORE}")
+    redis_hosts = group_hosts("redis")
+    primary_before = sentinel_primary_address(redis_hosts) if len(redis_hosts) >= 3 else None
+    started = time.time()
 
     def rotate() -> tuple[list[tuple], subprocess.CompletedProcess]:
         # Once the load runs: it read its token's header file when it started.
@@ -215,6 +259,9 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     assert run.counts["refused"] == 0, run.steady
     assert run.counts["lost"] == 0, run.report
     assert run.counts["dead_lettered"] == 0
+    assert run.counts["run_twice"] == 0
+    if primary_before:
+        _check_the_group_restarted_in_turn(redis_hosts, started, primary_before)
 
     # The kit's own API token has a new value; the old one (the steady load
     # sent it throughout) logs in until its grace ends, a day from now.
