@@ -29,15 +29,15 @@ def program(name: str, install: str) -> str:
 
 
 @contextmanager
-def serving(argv: list[str], port: int, log: Path, timeout: float = 30) -> Iterator[None]:
-    """Run argv until the block ends; enter once it accepts connections on port (its output in log)."""
+def serving(argv: list[str], port: int, log: Path, timeout: float = 30, host: str = "127.0.0.1") -> Iterator[None]:
+    """Run argv until the block ends; enter once it accepts connections on host:port (its output in log)."""
     with log.open("w") as output:
         process = subprocess.Popen(argv, stdout=output, stderr=output)
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection((host, port), timeout=0.2).close()
                 break
             except OSError:
                 assert process.poll() is None, f"{Path(argv[0]).name} stopped: {log.read_text()[-2000:]}"
