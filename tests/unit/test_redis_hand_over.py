@@ -167,7 +167,9 @@ def test_the_primary_hands_over_under_writes_and_no_acknowledged_write_is_lost(g
         time.sleep(1)
         # As the role does (hand-over.yml): asked again while the script
         # refuses (a replica still catching up after 1 s, say).
-        for _ in range(5):
+        attempts = 0
+        while attempts < 5:
+            attempts += 1
             result = hand_over(ADDRESSES[0], port, sentinel_port)
             if result.returncode == 0:
                 break
@@ -177,7 +179,10 @@ def test_the_primary_hands_over_under_writes_and_no_acknowledged_write_is_lost(g
         stop.set()
         writer.join(timeout=30)
 
-    print(f"HAND-OVER {result.stdout.strip()} | {len(acknowledged)} writes acknowledged, {failed} tries failed")
+    print(
+        f"HAND-OVER {result.stdout.strip()} (attempt {attempts}) | {len(acknowledged)} writes acknowledged,"
+        f" {failed} tries failed"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     new_primary = named_primary(sentinel_port)
     assert new_primary in ADDRESSES[1:]
