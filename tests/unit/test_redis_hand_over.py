@@ -108,6 +108,12 @@ def group(tmp_path_factory):
                     return False
             return True
 
+        def replicas_online() -> bool:
+            replication = admin(ADDRESSES[0], port).info("replication")
+            return [replication.get(f"slave{n}", {}).get("state") for n in (0, 1)] == ["online", "online"]
+
+        # A replica's first full sync waits for repl-diskless-sync-delay (5 s).
+        wait_until("both replicas in sync with the primary", 40, replicas_online)
         wait_until("the Sentinels know the replicas and each other", 40, every_sentinel_knows_the_group)
         yield port, sentinel_port
 
@@ -173,6 +179,7 @@ def test_the_primary_hands_over_under_writes_and_no_acknowledged_write_is_lost(g
             result = hand_over(ADDRESSES[0], port, sentinel_port)
             if result.returncode == 0:
                 break
+            print(f"HAND-OVER attempt {attempts} refused: {result.stderr.strip()}")
             time.sleep(3)
         time.sleep(1)
     finally:
