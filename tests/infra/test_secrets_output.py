@@ -46,7 +46,6 @@ from conftest import (
     changed_per_host,
     converge,
     curl_tls,
-    sentinel_primary_address,
     state_dir,
     under_counted_load,
 )
@@ -178,7 +177,7 @@ def _restart_window(host, since: float) -> tuple[float | None, float | None]:
     return stopped, None
 
 
-def _check_the_group_restarted_in_turn(redis_hosts, since: float, primary_before: str | None) -> None:
+def _check_the_group_restarted_in_turn(redis_hosts, since: float, output: str) -> None:
     windows = {host.backend.hostname: _restart_window(host, since) for host in redis_hosts}
     print("REDIS RESTARTS (stopped, in sync again) " + json.dumps(windows))
     assert all(stopped and synced for stopped, synced in windows.values()), f"every server restarts: {windows}"
@@ -192,7 +191,11 @@ def _check_the_group_restarted_in_turn(redis_hosts, since: float, primary_before
         if "+odown" in line
     ]
     assert odown == [], "a Sentinel saw the primary down during the restarts"
-    assert sentinel_primary_address(redis_hosts) != primary_before, "the primary handed its role over"
+    # The primary handed its role over before its restart (more than once
+    # when the Sentinels promoted a replica whose turn was still to come).
+    handed_over = re.findall(r"handed over to [0-9.]+: writes held for \d+ ms", output)
+    print(f"HAND-OVERS {handed_over}")
+    assert handed_over, "the primary handed its role over before it restarted"
 
 
 def _drift_every_file_with_a_secret(group_hosts) -> list[tuple]:
@@ -217,7 +220,6 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     worker = group_hosts("workers")[0]
     worker.check_output(f"install -m 0600 {SETTINGS} {SETTINGS_BEFORE}")
     redis_hosts = group_hosts("redis")
-    primary_before = sentinel_primary_address(redis_hosts) if len(redis_hosts) >= 3 else None
     started = time.time()
 
     def rotate() -> tuple[list[tuple], subprocess.CompletedProcess]:
@@ -260,8 +262,8 @@ def test_rotating_every_password_under_load_at_high_verbosity_loses_nothing_and_
     assert run.counts["lost"] == 0, run.report
     assert run.counts["dead_lettered"] == 0
     assert run.counts["run_twice"] == 0
-    if primary_before:
-        _check_the_group_restarted_in_turn(redis_hosts, started, primary_before)
+    if len(redis_hosts) >= 3:
+        _check_the_group_restarted_in_turn(redis_hosts, started, output)
 
     # The kit's own API token has a new value; the old one (the steady load
     # sent it throughout) logs in until its grace ends, a day from now.
