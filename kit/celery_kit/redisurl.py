@@ -8,18 +8,25 @@ name, Redis's default user)::
 
 A deployment with several (a primary, replicas and a Sentinel on each host)
 names every Sentinel, as Celery's and kombu's sentinel transports read it
-(";" between the Sentinels), and adds the group's name and the Sentinels'
-own password as the URL's query::
+(";" between the Sentinels), and adds the group's name and how the client
+logs in to the Sentinels as the URL's query: as its own user (the kit's
+clients; the Sentinels know them too, and let them only ask where the
+primary is)::
 
     sentinel://USER:PASSWORD@10.0.0.20:26379/1;sentinel://USER:PASSWORD@10.0.0.21:26379/1;...
-        ?master_name=celery-kit&sentinel_password=SECRET
+        ?master_name=celery-kit&sentinel_user=USER
 
-USER and PASSWORD log in to Redis, SECRET to the Sentinels. Over TLS (the kit's default)
+or with the Sentinels' own password (their default user)::
+
+    sentinel://...;sentinel://...?master_name=celery-kit&sentinel_password=SECRET
+
+USER and PASSWORD log in to Redis, and with sentinel_user to the Sentinels
+too; SECRET to the Sentinels. Over TLS (the kit's default)
 a server is named rediss://, and either form carries the deployment's
 certificate authority, the only one the client trusts, in its query::
 
     rediss://USER:PASSWORD@10.0.0.20:6379/1?tls_ca=/etc/celery-kit/tls/ca.crt
-    sentinel://...;sentinel://...?master_name=celery-kit&sentinel_password=SECRET&tls_ca=/etc/...
+    sentinel://...;sentinel://...?master_name=celery-kit&sentinel_user=USER&tls_ca=/etc/...
 
 With tls_ca, the Sentinels and every Redis server are reached over TLS, and
 a server's certificate must be signed by that CA and name the address the
@@ -48,7 +55,7 @@ SENTINEL_PORT = 26379
 # How long a question to a Sentinel may take: a Sentinel that does not
 # answer is skipped for the next one.
 SENTINEL_SOCKET_TIMEOUT = 2.0
-QUERY_KEYS = ("master_name", "sentinel_password", "tls_ca")
+QUERY_KEYS = ("master_name", "sentinel_user", "sentinel_password", "tls_ca")
 SERVER_SCHEMES = ("redis", "rediss")
 
 
@@ -64,6 +71,7 @@ class RedisTarget:
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str | None = None
     sentinel_password: str | None = None
+    sentinel_user: str | None = None
     username: str | None = None
     password: str | None = None
     db: int = 0
@@ -121,11 +129,14 @@ def parse(url: str) -> RedisTarget:
         raise RedisUrlError(f"unknown options in a sentinel URL: {', '.join(unknown)}")
     if not options.get("master_name"):
         raise RedisUrlError("a sentinel URL needs master_name=<group> in its query")
+    if options.get("sentinel_user") and options.get("sentinel_password"):
+        raise RedisUrlError("a sentinel URL takes sentinel_user or sentinel_password, not both")
     return RedisTarget(
         url=";".join(plain),
         sentinels=tuple(sentinels),
         master_name=options["master_name"],
         sentinel_password=options.get("sentinel_password") or None,
+        sentinel_user=options.get("sentinel_user") or None,
         username=username,
         password=password,
         db=db,
@@ -146,12 +157,18 @@ def ssl_options(url: str) -> dict[str, Any] | None:
 
 
 def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
-    """How a client talks to the Sentinels themselves: their password, short timeouts."""
+    """How a client talks to the Sentinels themselves: its login there, short timeouts.
+
+    With sentinel_user, the client logs in as that user with its Redis
+    password; else with the Sentinels' password, when there is one.
+    """
     kwargs: dict[str, Any] = {
         "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
         "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
     }
-    if target.sentinel_password:
+    if target.sentinel_user:
+        kwargs.update(username=target.sentinel_user, password=target.password)
+    elif target.sentinel_password:
         kwargs["password"] = target.sentinel_password
     if target.tls_ca is not None:
         kwargs.update(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=target.tls_ca)

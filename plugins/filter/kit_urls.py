@@ -14,10 +14,12 @@ Their form is what celery_kit.amqpurl and celery_kit.redisurl read:
         sixteen URLs, by database number: rediss://user:password@host:port/db
         ?tls_ca=<CA file> for one server (redis://... without TLS), or, with
         sentinels, every Sentinel joined by ";" with the group's name, the
-        Sentinels' password and the CA in the query
-        (sentinel://user:password@s1:26379/db;...?master_name=..&sentinel_password=..&tls_ca=..)
+        client's login to the Sentinels and the CA in the query
+        (sentinel://user:password@s1:26379/db;...?master_name=..&sentinel_user=user&tls_ca=..)
         The user is the Redis user (ACL) the client logs in as; without
-        one, the URL names none (the default user).
+        one, the URL names none (the default user). The client logs in to
+        the Sentinels as that user too (sentinel_user), or, when
+        sentinel_password is given, with the Sentinels' own password.
 
 Filters rather than templates: a role variable built by a template lookup
 finds its template only inside the role, and playbooks read these
@@ -66,7 +68,8 @@ def kit_redis_urls(  # noqa: PLR0917 (a Jinja filter takes its arguments by posi
     for db in range(REDIS_DATABASES):
         if sentinels:
             parts = ";".join(f"sentinel://{login}@{sentinel}:{sentinel_port}/{db}" for sentinel in sentinels)
-            query = urlencode({"master_name": master_name, "sentinel_password": sentinel_password, **tls})
+            login_there = {"sentinel_password": sentinel_password} if sentinel_password else {"sentinel_user": user}
+            query = urlencode({"master_name": master_name, **login_there, **tls})
             urls.append(f"{parts}?{query}")
         else:
             scheme = "rediss" if tls_ca else "redis"

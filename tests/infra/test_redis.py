@@ -6,6 +6,7 @@ import time
 import uuid
 
 import conftest
+import pytest
 from conftest import APP_PYTHON, curl_tls, redis_cli
 
 # Run as the app on a worker host, with the app's own Redis URL (its user,
@@ -46,6 +47,49 @@ def test_the_apps_redis_user_works_on_data_but_may_not_flush_configure_or_shut_d
     assert redis_cli(redis_host, "CONFIG", "GET", "appendonly").stdout.split() == ["appendonly", "yes"]
     refused = redis_cli(redis_host, "ACL", "LOG", "20").stdout
     assert "flushall" in refused.lower()
+
+
+# Run as the app on a worker host: its settings' login to the Sentinels (its
+# own user), what it may ask them and what it may not. Prints, per command,
+# "ok" or the error class, and whether the settings hold a Sentinel password.
+AT_THE_SENTINELS = """
+import json, os
+import redis
+from celery_kit import redisurl
+settings = json.load(open(os.environ["CELERY_KIT_DEPLOYMENT"]))
+target = redisurl.parse(settings["result_backend"])
+host, port = target.sentinels[0]
+sentinel = redis.Redis(host=host, port=port, **redisurl.sentinel_kwargs(target))
+answers = {"sentinel_password in the settings": "sentinel_password" in json.dumps(settings)}
+for command in [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", target.master_name), ("SENTINEL", "MASTERS"),
+                ("SENTINEL", "REPLICAS", target.master_name), ("SENTINEL", "FAILOVER", target.master_name),
+                ("SENTINEL", "SET", target.master_name, "quorum", "1"), ("SENTINEL", "REMOVE", target.master_name),
+                ("SENTINEL", "MONITOR", "rogue", "127.0.0.1", "6379", "1"), ("SENTINEL", "CONFIG", "GET", "*"),
+                ("ACL", "LIST"), ("SHUTDOWN",), ("PUBLISH", "__sentinel__:hello", "forged")]:
+    try:
+        sentinel.execute_command(*command)
+        answers[" ".join(command[:2])] = "ok"
+    except Exception as error:
+        answers[" ".join(command[:2])] = type(error).__name__
+print(json.dumps(answers))
+"""
+
+
+def test_the_app_logs_in_to_the_sentinels_as_itself_and_may_only_ask_where_the_primary_is(group_hosts):
+    if len(group_hosts("redis")) < 3:
+        pytest.skip("this deployment has one Redis host: no Sentinel (REDIS_HOSTS=3)")
+    worker = group_hosts("workers")[0]
+    answers = json.loads(worker.check_output(f"{APP_PYTHON} -c {shlex.quote(AT_THE_SENTINELS)}").splitlines()[-1])
+    print("THE APP AT THE SENTINELS " + json.dumps(answers))
+    assert answers.pop("sentinel_password in the settings") is False
+    discovery = ("SENTINEL GET-MASTER-ADDR-BY-NAME", "SENTINEL MASTERS", "SENTINEL REPLICAS")
+    asked = {name: answers.pop(name) for name in discovery}
+    assert asked == dict.fromkeys(asked, "ok"), asked
+    assert answers == dict.fromkeys(answers, "NoPermissionError"), answers
+    # The Sentinels still watch the group, as they did (nothing was set or removed).
+    lines = conftest.sentinel_cli(group_hosts("redis")[0], "SENTINEL", "MASTER", conftest.REDIS_MASTER_NAME).stdout
+    watched = dict(zip(lines.split()[0::2], lines.split()[1::2], strict=True))
+    assert (watched["name"], watched["quorum"]) == (conftest.REDIS_MASTER_NAME, "2"), watched
 
 
 def _logged_in_users(redis_host) -> set[str]:
