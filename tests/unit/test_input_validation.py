@@ -62,6 +62,10 @@ def _run(playbook: str, extra_vars: dict):
         # A rotation's old passwords: for users the role has, as long as new ones.
         ("redis", {"redis_user_previous_passwords": {"nobody": "x" * 20}}, "redis_user_previous_passwords"),
         ("redis", {"redis_user_previous_passwords": {"app": "short"}}, "redis_user_previous_passwords"),
+        # The Sentinels' client users are Redis users of the role.
+        ("redis", {"redis_sentinel_client_users": ["app", "intruder"]}, "redis_sentinel_client_users"),
+        # A hold of the writes as long as the Sentinels' down-after would make them fail over.
+        ("redis", {"redis_handover_pause_milliseconds": 3000}, "redis_handover_pause_milliseconds"),
         ("node_exporter", {"node_exporter_port": "ninety"}, "node_exporter_port"),
         ("redis_exporter", {"redis_exporter_redis_password": None}, "redis_exporter_redis_password"),
         ("prometheus", {"prometheus_scrape_jobs": None}, "prometheus_scrape_jobs"),
