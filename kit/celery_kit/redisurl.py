@@ -42,6 +42,7 @@ and the TLS options (redis_backend_use_ssl, broker_use_ssl).
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,15 @@ SENTINEL_PORT = 26379
 # How long a question to a Sentinel may take: a Sentinel that does not
 # answer is skipped for the next one.
 SENTINEL_SOCKET_TIMEOUT = 2.0
+# redis-py names itself to every server it connects to (CLIENT SETINFO).
+# A client user of the Sentinels may only ask where the primary is, so to
+# the Sentinels it does not try (a refused SETINFO would fill their ACL
+# log); older redis-py releases take lib_name and lib_version instead.
+NO_CLIENT_INFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 QUERY_KEYS = ("master_name", "sentinel_user", "sentinel_password", "tls_ca")
 SERVER_SCHEMES = ("redis", "rediss")
 
@@ -167,7 +177,7 @@ def sentinel_kwargs(target: RedisTarget) -> dict[str, Any]:
         "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
     }
     if target.sentinel_user:
-        kwargs.update(username=target.sentinel_user, password=target.password)
+        kwargs.update(username=target.sentinel_user, password=target.password, **NO_CLIENT_INFO)
     elif target.sentinel_password:
         kwargs["password"] = target.sentinel_password
     if target.tls_ca is not None:

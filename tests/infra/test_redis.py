@@ -78,8 +78,18 @@ print(json.dumps(answers))
 def test_the_app_logs_in_to_the_sentinels_as_itself_and_may_only_ask_where_the_primary_is(group_hosts):
     if len(group_hosts("redis")) < 3:
         pytest.skip("this deployment has one Redis host: no Sentinel (REDIS_HOSTS=3)")
+    sentinel_host = group_hosts("redis")[0]
+    # What the clients did so far (workers, API, the kit's tools): nothing a
+    # Sentinel refused. (This test's own refusals are cleared at its end.)
+    refused_before = conftest.sentinel_cli(sentinel_host, "ACL", "LOG").stdout
+    assert "username" not in refused_before, refused_before
     worker = group_hosts("workers")[0]
-    answers = json.loads(worker.check_output(f"{APP_PYTHON} -c {shlex.quote(AT_THE_SENTINELS)}").splitlines()[-1])
+    try:
+        output = worker.check_output(f"{APP_PYTHON} -c {shlex.quote(AT_THE_SENTINELS)}")
+    finally:
+        refused = conftest.sentinel_cli(sentinel_host, "ACL", "LOG").stdout
+        conftest.sentinel_cli(sentinel_host, "ACL", "LOG", "RESET")
+    answers = json.loads(output.splitlines()[-1])
     print("THE APP AT THE SENTINELS " + json.dumps(answers))
     assert answers.pop("sentinel_password in the settings") is False
     discovery = ("SENTINEL GET-MASTER-ADDR-BY-NAME", "SENTINEL MASTERS", "SENTINEL REPLICAS")
@@ -87,7 +97,8 @@ def test_the_app_logs_in_to_the_sentinels_as_itself_and_may_only_ask_where_the_p
     assert asked == dict.fromkeys(asked, "ok"), asked
     assert answers == dict.fromkeys(answers, "NoPermissionError"), answers
     # The Sentinels still watch the group, as they did (nothing was set or removed).
-    lines = conftest.sentinel_cli(group_hosts("redis")[0], "SENTINEL", "MASTER", conftest.REDIS_MASTER_NAME).stdout
+    assert "sentinel|failover" in refused, "the Sentinel logs the refusals"
+    lines = conftest.sentinel_cli(sentinel_host, "SENTINEL", "MASTER", conftest.REDIS_MASTER_NAME).stdout
     watched = dict(zip(lines.split()[0::2], lines.split()[1::2], strict=True))
     assert (watched["name"], watched["quorum"]) == (conftest.REDIS_MASTER_NAME, "2"), watched
 
