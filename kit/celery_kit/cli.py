@@ -3,6 +3,7 @@
 On the hosts (installed beside the app, run as the app's user):
     celery-kit check                 the app's Celery configuration against the kit's guarantees
     celery-kit health                run the kit's health task through the platform
+    celery-kit drain NAME...         a worker process finishes what it holds before it stops
     celery-kit move ...              move queued tasks between the brokers (make migrate)
     celery-kit dlq ...               list, replay or purge the dead-letter queue (make dlq)
     celery-kit outbox relay          send the outbox's stored submissions to the broker (api hosts' service)
@@ -29,6 +30,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "main"),
     "health": ("check", "health_main"),
+    "drain": ("drain", "main"),
     "move": ("mover", "main"),
     "dlq": ("dlq", "main"),
     "outbox": ("outbox", "main"),
