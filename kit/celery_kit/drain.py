@@ -76,6 +76,7 @@ def drain(app, nodes: list[str], timeout: float, interval: float = 0.5) -> dict:
             counts = holding(inspect.active(), inspect.reserved(), answering)
             busy = {node: count for node, count in counts.items() if count}
             silent = [node for node, count in counts.items() if count is None]
+            outcome.setdefault("held_at_first", busy)
             unanswered = unanswered + 1 if silent else 0
             if not busy and not silent:
                 break

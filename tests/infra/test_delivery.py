@@ -8,7 +8,10 @@ import uuid
 from datetime import UTC, datetime
 
 from conftest import (
+    APP_ENV,
     APP_PYTHON,
+    APP_QUEUES,
+    APP_VENV,
     CELERY,
     Load,
     api_call,
@@ -40,6 +43,32 @@ def test_restart_is_a_warm_shutdown_that_lets_running_tasks_finish(api_host, red
     assert reply["result"]["keys"] == ["seconds"]
     # Finished before the restart completed: never handed out a second time.
     assert redis_cli(redis_host, "HGET", "celery-kit:duplicates", task_id, db=2).stdout.strip() == ""
+
+
+def test_a_drained_worker_process_stops_consuming_and_finishes_what_it_holds_once(api_host, redis_host, group_hosts):
+    """What a replacement does before each process's stop (celery-kit drain)."""
+    worker = group_hosts("workers")[0]
+    node = f"default-1@{worker.check_output('hostname')}"
+    ids = [submit(api_host, {"task": "process_task", "args": [{"seconds": 2}]}) for _ in range(12)]
+    assert _wait_until_started(api_host, ids[0]) in ("STARTED", "SUCCESS")
+    try:
+        answer = worker.check_output(f"{APP_ENV} {APP_VENV}/bin/celery-kit drain default-1")
+        outcome = json.loads(answer.splitlines()[-1])
+        print(f"drain: {outcome}")
+        assert outcome["drained"] is True, outcome
+        assert set(outcome["cancelled"][node]) == set(APP_QUEUES), outcome
+        consumed = json.loads(worker.check_output(f"{CELERY} inspect active_queues --timeout 5 --json -d {node}"))
+        assert consumed[node] == [], consumed
+        for task_id in ids:
+            assert wait_for_result(api_host, task_id)["state"] == "SUCCESS"
+    finally:
+        worker.check_output("systemctl restart celery-worker-default@1.service")
+    # Every task held by the drained process was acknowledged: none comes
+    # back. (The restart closed the old process's connection: RabbitMQ would
+    # deliver what it left unacknowledged again at once.)
+    time.sleep(5)
+    duplicates = [redis_cli(redis_host, "HGET", "celery-kit:duplicates", i, db=2).stdout.strip() for i in ids]
+    assert duplicates == [""] * len(ids)
 
 
 def test_task_of_a_killed_worker_is_delivered_again_and_completes(api_host, group_hosts, rabbitmq):
